@@ -1,0 +1,45 @@
+# The two Quickstart commands: `make demo` and `make test`. Each installs what it needs, idempotently.
+PY ?= python3
+STAMPS := .make-stamps
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo demo-quick test bench deps test-deps fashion-mnist gpu-check clean
+
+$(STAMPS)/deps: requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/test-deps: $(STAMPS)/deps requirements-test.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	@mkdir -p $(STAMPS) && touch $@
+
+deps: $(STAMPS)/deps
+test-deps: $(STAMPS)/test-deps
+
+# Debian's dataset-fashion-mnist (60k train / 10k test, MIT); skipped when FASHION_MNIST_DIR already holds it.
+fashion-mnist:
+	@if ls $(FASHION_MNIST_DIR)/*train-images* >/dev/null 2>&1; then :; \
+	else (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	      (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) && \
+	     ls $(FASHION_MNIST_DIR)/*train-images* >/dev/null; fi
+
+demo: deps fashion-mnist
+	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output
+
+demo-quick: deps fashion-mnist
+	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output_quick --quick
+
+# pytest's exit code 5 ("no tests collected") is a failure here, on purpose.
+test: test-deps
+	$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+bench: deps
+	$(PY) benchmarks/run.py
+
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf $(STAMPS) local_output demo_output demo_output_quick .pytest_cache

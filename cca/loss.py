@@ -1,0 +1,123 @@
+"""CCA / DPO / unlearning losses as pure functions of sequence log-probabilities.
+
+Nothing here knows about models or trainers: the inputs are logits and token ids (``sequence_logprob``) or four
+(B,) tensors of summed log-probs (``compute_loss``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("CCA", "DPO", "unlearning")
+
+# elements of one fp32 working chunk (B * chunk_len * V); 16M floats = 64 MiB
+_CHUNK_ELEMS = 1 << 24
+
+
+def _chunk_len(logits: torch.Tensor) -> int:
+    B, L, V = logits.shape
+    return max(1, min(L, _CHUNK_ELEMS // max(1, B * V)))
+
+
+class _SequenceLogProb(torch.autograd.Function):
+    """sum_t [logit[target_t] - logsumexp(logit_t)] per row, in float32, chunked over the sequence.
+
+    Saves only the logits (already alive) and the (B, L) float32 logsumexp; the backward pass writes the gradient
+    chunk by chunk, so no (B, L, V) float32 temporary ever exists beyond one chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        B, L, V = logits.shape
+        step = _chunk_len(logits)
+        lse = torch.empty(B, L, dtype=torch.float32, device=logits.device)
+        picked = torch.empty(B, L, dtype=torch.float32, device=logits.device)
+        for s in range(0, L, step):
+            chunk = logits[:, s:s + step].float()                       # (B, l, V) fp32
+            lse[:, s:s + step] = torch.logsumexp(chunk, dim=-1)
+            picked[:, s:s + step] = chunk.gather(-1, targets[:, s:s + step, None]).squeeze(-1)
+        ctx.save_for_backward(logits, targets, lse)
+        return (picked - lse).sum(dim=1)                                # (B,)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        B, L, V = logits.shape
+        step = _chunk_len(logits)
+        grad = torch.empty_like(logits)
+        g = grad_out.float()[:, None, None]                             # (B, 1, 1)
+        for s in range(0, L, step):
+            prob = torch.exp(logits[:, s:s + step].float() - lse[:, s:s + step, None])  # (B, l, V)
+            prob.neg_()
+            prob.scatter_add_(-1, targets[:, s:s + step, None], torch.ones_like(prob[..., :1]))
+            grad[:, s:s + step] = prob.mul_(g).to(grad.dtype)
+        return grad, None
+
+
+def sequence_logprob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample sum over the sequence of log p(target): (B, L, V) logits, (B, L) int64 -> (B,) float32.
+
+    Equal to ``log_softmax(logits.float(), -1).gather(-1, targets[..., None]).sum((1, 2))`` without ever building the
+    full log-softmax; works for fp16 / bf16 logits (accumulated in float32).
+    """
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(f"sequence_logprob: expected logits (B, L, V) and targets (B, L), got "
+                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    return _SequenceLogProb.apply(logits, targets.long())
+
+
+def _canonical(loss_type: str) -> str:
+    for name in LOSS_TYPES:
+        if str(loss_type).lower() == name.lower():
+            return name
+    raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)} (case-insensitive)")
+
+
+def _nll_sigmoid(z: torch.Tensor) -> torch.Tensor:   # -log sigmoid(z)
+    return -F.logsigmoid(z)
+
+
+def _linear(z: torch.Tensor) -> torch.Tensor:        # the "unlearning" replacement of -log sigmoid(z)
+    return -z
+
+
+def compute_loss(loss_type: str, logp_pos: torch.Tensor, ref_logp_pos: torch.Tensor, logp_neg: torch.Tensor,
+                 ref_logp_neg: torch.Tensor, *, beta: float, lambda_: float,
+                 neg_is_positive: torch.Tensor | None = None,
+                 null_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Scalar loss and detached metrics from four (B,) sequence log-prob tensors.
+
+    CCA:        mean(-logσ(β·Δpos)) + λ·mean(-logσ(-β·Δneg))
+    with mask:  mean(-logσ(β·Δpos)) + mean(w·-logσ(s·β·Δneg)), (s, w) = (+1, 1) where masked else (-1, λ);
+                total / max(λ, 1)
+    DPO:        mean(-logσ(β·(Δpos - Δneg)))
+    unlearning: CCA's two forms with -logσ(β·z) replaced by -z (β unused).
+    ``neg_is_positive`` marks rows whose negative condition is really a positive one (null class, or a rolled
+    label equal to the row's own label). ``null_rows`` (default: the mask) selects the rows averaged into the
+    ``delta_neg_null`` metric, which is absent when no row is selected; pass CPU masks to avoid a device sync.
+    """
+    kind = _canonical(loss_type)
+    d_pos = logp_pos.float() - ref_logp_pos.float()                    # (B,)
+    d_neg = logp_neg.float() - ref_logp_neg.float()                    # (B,)
+    if kind == "DPO":
+        loss = _nll_sigmoid(beta * (d_pos - d_neg)).mean()
+    else:
+        term = (lambda z: _nll_sigmoid(beta * z)) if kind == "CCA" else _linear
+        if neg_is_positive is None:
+            loss = term(d_pos).mean() + lambda_ * term(-d_neg).mean()
+        else:
+            m = neg_is_positive.to(device=d_neg.device, dtype=torch.bool)
+            sign = torch.where(m, 1.0, -1.0).to(d_neg)
+            weight = torch.where(m, 1.0, float(lambda_)).to(d_neg)
+            loss = (term(d_pos).mean() + (weight * term(sign * d_neg)).mean()) / max(float(lambda_), 1.0)
+    with torch.no_grad():
+        metrics = {
+            "pref_acc": (d_pos > d_neg).float().mean(),
+            "reward_margin": (d_pos - d_neg).mean(),
+            "delta_pos": d_pos.mean(),
+            "delta_neg": d_neg.mean(),
+        }
+        rows = null_rows if null_rows is not None else neg_is_positive
+        if rows is not None and bool(rows.any()):
+            metrics["delta_neg_null"] = d_neg[rows.to(device=d_neg.device, dtype=torch.bool)].mean()
+    return loss, metrics

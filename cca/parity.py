@@ -1,0 +1,94 @@
+"""Recompute a parity fixture with this project's code.
+
+    python -m cca.parity FIXTURE_DIR --out OUT.safetensors
+
+Reads ``config.json`` (its ``fixture`` field says which kind), recomputes every tensor named in the fixture's
+``expected.safetensors`` and writes them under the same names. Sizes, seeds and settings all come from the
+fixture's files, so any fixture of a supported kind works.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cca.conditions import make_conditions
+from cca.loss import compute_loss, sequence_logprob
+
+_FAMILY_OF_KIND = {"var_vqvae": "VAR.parity", "var_transformer": "VAR.parity",
+                   "llamagen_vq": "LlamaGen.parity", "llamagen_gpt": "LlamaGen.parity"}
+
+
+def cca_loss_fixture(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
+    """The two original scripts' losses on recorded logits.
+
+    They agree except for loss_type CCA with uncond_ratio 0, where the original LlamaGen script used the linear
+    (unlearning) form; we reproduce that here by name only, our ``CCA`` is always the log-sigmoid form. The VAR
+    script wrote the literal 1000 as null class, the LlamaGen script ``num_classes``.
+    """
+    inputs = load_file(str(fixture_dir / "inputs.safetensors"))
+    labels, targets = inputs["labels"], inputs["targets"]
+    B = labels.shape[0]
+    logp_pol = sequence_logprob(inputs["policy_logits"], torch.cat([targets, targets]))
+    logp_ref = sequence_logprob(inputs["reference_logits"], torch.cat([targets, targets]))
+    out = {"logp_policy_pos": logp_pol[:B], "logp_policy_neg": logp_pol[B:],
+           "logp_ref_pos": logp_ref[:B], "logp_ref_neg": logp_ref[B:]}
+    ratio = float(config["uncond_ratio_used_for_uncond_branch"])
+    nulls = {"var": 1000, "llamagen": int(config["num_classes_given_to_llamagen"])}
+    for fam, null in nulls.items():
+        for branch, r in (("uncond", ratio), ("nouncond", 0.0)):
+            cond = make_conditions(labels, null, r, uniform_draws=inputs["uniform_draws"])
+            out[f"labels_to_model_{fam}_{branch}"] = torch.cat([cond.pos, cond.neg])
+            for h in config["hyperparameters"]:
+                for loss_type in ("CCA", "DPO", "unlearning"):
+                    used = "unlearning" if (fam, loss_type, branch) == ("llamagen", "CCA", "nouncond") else loss_type
+                    loss, _ = compute_loss(used, out["logp_policy_pos"], out["logp_ref_pos"], out["logp_policy_neg"],
+                                           out["logp_ref_neg"], beta=h["beta"], lambda_=h["lambda_"],
+                                           neg_is_positive=cond.neg_is_positive)
+                    out[f"loss_{fam}_{loss_type}_{branch}_h{h['index']}"] = loss.reshape(1)
+    return out
+
+
+def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
+    fixture_dir = Path(fixture_dir)
+    cfg_path = fixture_dir / "config.json"
+    if not cfg_path.is_file():
+        raise SystemExit(f"cca.parity: {cfg_path} not found (FIXTURE_DIR must hold config.json and the safetensors)")
+    config = json.loads(cfg_path.read_text())
+    kind = config.get("fixture")
+    if kind == "cca_loss":
+        fn = cca_loss_fixture
+    elif kind in _FAMILY_OF_KIND:
+        fn = importlib.import_module(_FAMILY_OF_KIND[kind]).PARITY[kind]
+    else:
+        known = ", ".join(["cca_loss", *_FAMILY_OF_KIND])
+        raise SystemExit(f"cca.parity: {cfg_path}: unknown fixture kind {kind!r}; known: {known}")
+    with torch.no_grad():
+        produced = fn(fixture_dir, config)
+    expected_names = set(load_file(str(fixture_dir / "expected.safetensors")))
+    missing = sorted(expected_names - set(produced))
+    if missing:
+        raise RuntimeError(f"cca.parity: {kind} did not produce {missing[:10]}")
+    return {k: v.detach().contiguous().cpu() for k, v in produced.items() if k in expected_names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cca.parity", description=__doc__.strip().splitlines()[0])
+    ap.add_argument("fixture_dir", help="folder with config.json, inputs.safetensors, expected.safetensors")
+    ap.add_argument("--out", required=True, help="where to write the recomputed tensors (.safetensors)")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    tensors = compute_fixture(args.fixture_dir)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, args.out)
+    print(f"wrote {len(tensors)} tensors to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Sampling helpers shared by both families: logit filtering, guidance, and a resumable multi-process npz writer."""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Copy of ``logits`` (..., V) with -inf outside the top-k and outside the nucleus of mass ``top_p``.
+
+    top_k <= 0 or >= V: no top-k; top_p <= 0 or >= 1: no nucleus. The most likely token is always kept.
+    """
+    out = logits.clone()
+    V = out.shape[-1]
+    if 0 < top_k < V:
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]          # (..., 1)
+        out.masked_fill_(out < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cum - sorted_logits.softmax(dim=-1) >= top_p       # mass before this token already >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out.masked_fill_(drop, float("-inf"))
+    return out
+
+
+def sample_from_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 0.0, temperature: float = 1.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row: (B, V) logits -> (B,) int64, without host syncs."""
+    if temperature != 1.0:
+        logits = logits / max(temperature, 1e-5)
+    probs = filter_logits(logits, top_k, top_p).float().softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def guide(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance in the one internal form u + w·(c − u) (w = 1: no guidance)."""
+    return uncond_logits + w * (cond_logits - uncond_logits)
+
+
+def balanced_labels(num_samples: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Class of every global sample index: each class equally often (± 1), in a seeded order independent of
+    the world size."""
+    labels = np.arange(num_samples, dtype=np.int64) % num_classes
+    return np.random.default_rng(seed).permutation(labels)
+
+
+class ShardedNpzWriter:
+    """DiT-style multi-process sampling into one npz, resumable.
+
+    Global index i has class ``labels[i]``. On a run every rank takes every ``world``-th of the indices not yet
+    done, in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
+    first, then the index file, each written to a temp name and renamed), so a killed run loses at most the batch
+    in flight and a rerun (with any world size) produces every index exactly once. ``finalize`` (rank 0, after a
+    barrier) writes ``<out>/<name>.npz`` with ``arr_0`` uint8 (N, H, W, 3) and ``arr_1`` int64 labels, shuffled by
+    a fixed permutation (ADM's Inception Score uses contiguous splits, so a class-sorted file scores wrong).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, name: str, labels: np.ndarray, *, rank: int = 0, world: int = 1,
+                 batch_size: int = 16, shuffle_seed: int = 0):
+        self.out_dir = Path(out_dir)
+        self.name = name
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.shuffle_seed = shuffle_seed
+        self.parts = self.out_dir / f"{name}.parts"
+        self.npz_path = self.out_dir / f"{name}.npz"
+        self.parts.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def done_indices(self) -> np.ndarray:
+        done = [np.load(p) for p in sorted(self.parts.glob("*.idx.npy"))]
+        return np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
+
+    def pending_batches(self) -> Iterator[np.ndarray]:
+        """This rank's remaining global indices, in batches (computed once, at the call)."""
+        todo = np.setdiff1d(np.arange(self.num_samples), self.done_indices())
+        mine = todo[self.rank::self.world]
+        for s in range(0, len(mine), self.batch_size):
+            yield mine[s:s + self.batch_size]
+
+    def num_pending(self) -> int:
+        todo = self.num_samples - len(np.unique(self.done_indices()))
+        return len(range(self.rank, todo, self.world))
+
+    def save_batch(self, indices: np.ndarray, images: np.ndarray | torch.Tensor) -> None:
+        if isinstance(images, torch.Tensor):
+            images = images.cpu().numpy()
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(indices):
+            raise ValueError(f"save_batch: expected uint8 (b, H, W, 3) for {len(indices)} indices, "
+                             f"got {images.dtype} {images.shape}")
+        stem = self.parts / f"r{self.rank}-{int(indices[0]):09d}-{len(indices)}"
+        for suffix, arr in ((".img.npy", images), (".idx.npy", np.asarray(indices, dtype=np.int64))):
+            tmp = stem.with_name(stem.name + suffix + ".tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, stem.with_name(stem.name + suffix))
+
+    def finalize(self) -> Path:
+        """Assemble the npz (rank 0 only; call after every rank finished). Streams rows; memory stays bounded."""
+        idx_files = sorted(self.parts.glob("*.idx.npy"))
+        chunks = [(np.load(p), np.load(str(p).replace(".idx.npy", ".img.npy"), mmap_mode="r")) for p in idx_files]
+        where = np.full(self.num_samples, -1, dtype=np.int64)
+        for c, (idx, _) in enumerate(chunks):
+            if (where[idx] >= 0).any():
+                raise RuntimeError(f"{self.parts}: an index was produced twice")
+            where[idx] = c
+        if (where < 0).any():
+            raise RuntimeError(f"{self.parts}: {(where < 0).sum()} of {self.num_samples} samples missing")
+        pos_in_chunk = {}
+        for c, (idx, _) in enumerate(chunks):
+            for j, i in enumerate(idx):
+                pos_in_chunk[int(i)] = j
+        order = np.random.default_rng(self.shuffle_seed).permutation(self.num_samples)
+        H, W = chunks[0][1].shape[1:3]
+        tmp = self.npz_path.with_name(self.npz_path.name + ".tmp")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "|u1", "fortran_order": False, "shape": (self.num_samples, H, W, 3)})
+                for i in order:
+                    f.write(np.ascontiguousarray(chunks[where[i]][1][pos_in_chunk[int(i)]]).tobytes())
+            with zf.open("arr_1.npy", "w") as f:
+                np.save(f, self.labels[order])
+        os.replace(tmp, self.npz_path)
+        return self.npz_path
+
+
+def to_uint8_nhwc(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """(B, 3, H, W) float images in ``value_range`` -> (B, H, W, 3) uint8 (rounded, clamped)."""
+    lo, hi = value_range
+    x = ((images.float() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
