@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 LOSS_TYPES = ("CCA", "DPO", "unlearning")
 
-# elements of one fp32 working chunk (B * chunk_len * V); 16M floats = 64 MiB
-_CHUNK_ELEMS = 1 << 24
+# elements of one fp32 working chunk (B * chunk_len * V); 1M floats = 4 MiB, small next to any real logits tensor
+_CHUNK_ELEMS = 1 << 20
 
 
 def _chunk_len(logits: torch.Tensor) -> int:
@@ -47,10 +47,17 @@ class _SequenceLogProb(torch.autograd.Function):
         grad = torch.empty_like(logits)
         g = grad_out.float()[:, None, None]                             # (B, 1, 1)
         for s in range(0, L, step):
-            prob = torch.exp(logits[:, s:s + step].float() - lse[:, s:s + step, None])  # (B, l, V)
-            prob.neg_()
-            prob.scatter_add_(-1, targets[:, s:s + step, None], torch.ones_like(prob[..., :1]))
-            grad[:, s:s + step] = prob.mul_(g).to(grad.dtype)
+            rows = slice(s, s + step)
+            # d/dlogits of (picked - lse) = onehot(target) - softmax, scaled by the incoming gradient
+            if logits.dtype == torch.float32:
+                out = grad[:, rows]                                     # write in place, no temporary
+                torch.sub(logits[:, rows], lse[:, rows, None], out=out)
+            else:
+                out = logits[:, rows].float().sub_(lse[:, rows, None])  # (B, l, V) fp32
+            out.exp_().mul_(-g)
+            out.scatter_add_(-1, targets[:, rows, None], g.expand(-1, out.shape[1], 1).contiguous())
+            if out.data_ptr() != grad[:, rows].data_ptr():
+                grad[:, rows] = out
         return grad, None
 
 

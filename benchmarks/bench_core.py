@@ -1,0 +1,103 @@
+"""Benchmarks of the shared core: sequence_logprob vs log_softmax+gather, and a CCA step vs a plain next-token step.
+
+    python benchmarks/bench_core.py
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from common import child_peak_mb, measure_peak_mb, median_time  # noqa: E402
+
+from cca.loss import sequence_logprob  # noqa: E402
+
+# VAR-d16-like sequence shape at a width that fits a laptop: (B, L, V) = (8, 680, 4096) float32 = 89 MiB
+LOGPROB_SHAPE = (8, 680, 4096)
+
+
+def _naive(logits, targets):
+    return logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1).sum(-1)
+
+
+def _logprob_inputs(shape=LOGPROB_SHAPE):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(*shape, generator=g, requires_grad=True)
+    targets = torch.randint(shape[-1], shape[:2], generator=g)
+    return logits, targets
+
+
+def memory_case(case: str, **kw) -> float:
+    """Peak MiB of one forward+backward of the named log-prob implementation (run in a fresh process)."""
+    logits, targets = _logprob_inputs()
+    fn = {"ours": sequence_logprob, "naive": _naive}[case]
+
+    def run():
+        fn(logits, targets).sum().backward()
+
+    return measure_peak_mb(run)
+
+
+def bench_logprob(repeats: int = 5) -> dict:
+    logits, targets = _logprob_inputs()
+
+    def step(fn):
+        def run():
+            logits.grad = None
+            fn(logits, targets).sum().backward()
+        return run
+
+    t_ours = median_time(step(sequence_logprob), repeats)
+    t_naive = median_time(step(_naive), repeats)
+    m_ours, m_naive = child_peak_mb("bench_core", "ours"), child_peak_mb("bench_core", "naive")
+    return {"logprob_time_ratio": t_ours / t_naive, "logprob_peak_mem_ratio": m_ours / max(m_naive, 1e-9),
+            "logprob_peak_mb_ours": m_ours, "logprob_peak_mb_naive": m_naive, "shape": list(LOGPROB_SHAPE)}
+
+
+def plain_step(policy, optimizer, adapter, batch):
+    """One ordinary next-token step on B rows (what pretraining does), for the CCA/plain cost ratio."""
+    labels, inputs, targets = adapter.prepare(batch, torch.device("cpu"))
+    logits = adapter.logits(policy, labels, inputs)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def bench_train_step(make_case, repeats: int = 5, tmp_dir: str = "/tmp/cca-bench") -> dict:
+    """``make_case()`` -> (policy, adapter, batch). Times Trainer.train_step vs a plain step on the same batch."""
+    from cca.trainer import TrainConfig, Trainer
+    policy, adapter, batch = make_case()
+    reference = copy.deepcopy(policy)
+    B = adapter.prepare(batch, torch.device("cpu"))[0].shape[0]
+    tr = Trainer(policy, reference, adapter, TrainConfig(out_dir=tmp_dir, batch_size=B, lr=1e-6, uncond_ratio=0.1))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    policy.train()
+    t_cca = median_time(lambda: tr.train_step(batch), repeats)
+    t_plain = median_time(lambda: plain_step(policy, opt, adapter, batch), repeats)
+    return {"cca_over_plain_time": t_cca / t_plain, "cca_step_s": t_cca, "plain_step_s": t_plain}
+
+
+def train_memory_case(make_case, case: str, tmp_dir: str = "/tmp/cca-bench") -> float:
+    from cca.trainer import TrainConfig, Trainer
+    policy, adapter, batch = make_case()
+    policy.train()
+    if case == "cca":
+        B = adapter.prepare(batch, torch.device("cpu"))[0].shape[0]
+        tr = Trainer(policy, copy.deepcopy(policy), adapter,
+                     TrainConfig(out_dir=tmp_dir, batch_size=B, lr=1e-6, uncond_ratio=0.1))
+        tr.train_step(batch)                      # optimizer state allocated before measuring
+        return measure_peak_mb(lambda: tr.train_step(batch))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    plain_step(policy, opt, adapter, batch)
+    return measure_peak_mb(lambda: plain_step(policy, opt, adapter, batch))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    for k, v in bench_logprob().items():
+        print(f"{k}: {v}")
