@@ -54,7 +54,7 @@ class ShardedNpzWriter:
     """DiT-style multi-process sampling into one npz, resumable.
 
     Global index i has class ``labels[i]``. On a run every rank takes every ``world``-th of the indices not yet
-    done, in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
+    done (as found when the writer was made, on every rank before a barrier), in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
     first, then the index file, each written to a temp name and renamed), so a killed run loses at most the batch
     in flight and a rerun (with any world size) produces every index exactly once. ``finalize`` (rank 0, after a
     barrier) writes ``<out>/<name>.npz`` with ``arr_0`` uint8 (N, H, W, 3) and ``arr_1`` int64 labels, shuffled by
@@ -71,6 +71,10 @@ class ShardedNpzWriter:
         self.parts = self.out_dir / f"{name}.parts"
         self.npz_path = self.out_dir / f"{name}.npz"
         self.parts.mkdir(parents=True, exist_ok=True)
+        # every rank must split the same snapshot of what is done: take it, then wait for all ranks to have it
+        self._done_at_start = self.done_indices()
+        from cca import dist as cdist
+        cdist.barrier()
 
     @property
     def num_samples(self) -> int:
@@ -81,14 +85,14 @@ class ShardedNpzWriter:
         return np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
 
     def pending_batches(self) -> Iterator[np.ndarray]:
-        """This rank's remaining global indices, in batches (computed once, at the call)."""
-        todo = np.setdiff1d(np.arange(self.num_samples), self.done_indices())
+        """This rank's remaining global indices, in batches, from the snapshot taken when the writer was made."""
+        todo = np.setdiff1d(np.arange(self.num_samples), self._done_at_start)
         mine = todo[self.rank::self.world]
         for s in range(0, len(mine), self.batch_size):
             yield mine[s:s + self.batch_size]
 
     def num_pending(self) -> int:
-        todo = self.num_samples - len(np.unique(self.done_indices()))
+        todo = self.num_samples - len(np.unique(self._done_at_start))
         return len(range(self.rank, todo, self.world))
 
     def save_batch(self, indices: np.ndarray, images: np.ndarray | torch.Tensor) -> None:
