@@ -1,0 +1,178 @@
+"""CCA fine-tuning of a released VAR model (Condition Contrastive Alignment, arXiv 2410.09347).
+
+    torchrun --nproc_per_node=8 VAR_finetune.py --depth=16 --bs=256 --ep=1 --tblr=2e-5 --fp16=1 --alng=1e-3 \
+        --wpe=0.1 --loss_type=CCA --beta=0.02 --lambda_=50.0 --ac=4 --exp_name=default --dpr_ratio=0.0 \
+        --uncond_ratio=0.1 --ref_ckpt=/path/to/var_d16.pth --data_path=/path/to/imagenet
+
+Runs as one process (CPU or GPU) or under torchrun (gloo on CPU, nccl on GPU). The policy and the frozen
+reference both start from --ref_ckpt. Output in <local_out_dir>/<exp_name>/: log.txt, tb/ (tensorboard),
+resume.pt (resumable state) and ar-ckpt-last.pth, a plain state dict that VAR_sample.py --ckpt_path loads.
+Batch semantics as in the original: --bs is the global batch per optimizer step, split over processes and --ac
+accumulation steps; the learning rate is --tblr x bs / 256.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def flag_bool(text: str) -> bool:
+    """1/0, true/false, yes/no (the original VAR took --hflip=True / False)."""
+    value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected 1/0 or true/false, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="VAR_finetune.py", description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    g = p.add_argument_group("CCA")
+    g.add_argument("--ref_ckpt", required=True,
+                   help="pretrained VAR weights (var_d16.pth ...): policy init and frozen reference")
+    g.add_argument("--loss_type", default="CCA", help="CCA, DPO or unlearning")
+    g.add_argument("--beta", type=float, default=0.01, help="CCA beta")
+    g.add_argument("--lambda_", type=float, default=100.0, help="CCA lambda (weight of the negative term)")
+    g.add_argument("--uncond_ratio", type=float, default=0.1, help="probability of training a row with the null "
+                   "class (keeps CFG usable); 0 for guidance-free only")
+    g.add_argument("--dpr_ratio", type=float, default=1.0, help="drop-path rate relative to pretraining "
+                   "(1.0: 0.1*depth/24; 0.0: none)")
+    g.add_argument("--ref_dropout", type=int, default=1, choices=(0, 1), help="run the reference with drop path "
+                   "as the policy (1, the original behaviour) or deterministically (0)")
+    g = p.add_argument_group("model")
+    g.add_argument("--depth", type=int, default=16, help="VAR depth (16, 20, 24, 30 released)")
+    g.add_argument("--num_classes", type=int, default=1000, help="classes (= class folders in --data_path)")
+    g.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums (256, 512 or 1_2_3_...)")
+    g.add_argument("--alng", type=float, default=1e-5, help="AdaLN gamma init multiplier (initialisation only; "
+                   "the weights come from --ref_ckpt, as in the original)")
+    g.add_argument("--vae_ckpt", default="vae_ch160v4096z32.pth", help="VQVAE weights")
+    g.add_argument("--vae_ch", type=int, default=160, help="VQVAE base width")
+    g.add_argument("--vae_V", type=int, default=4096, help="VQVAE codebook size")
+    g.add_argument("--vae_Cvae", type=int, default=32, help="VQVAE code width")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--bs", type=int, default=768, help="global batch per optimizer step")
+    g.add_argument("--ac", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--ep", type=int, default=250, help="epochs")
+    g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: --ep epochs)")
+    g.add_argument("--tblr", type=float, default=1e-4, help="base learning rate (lr = tblr * bs / 256)")
+    g.add_argument("--twd", type=float, default=0.05, help="initial weight decay")
+    g.add_argument("--twde", type=float, default=0.0, help="final weight decay (0: same as --twd)")
+    g.add_argument("--tclip", type=float, default=2.0, help="gradient-norm clip (<=0: off)")
+    g.add_argument("--wp", type=float, default=0.0, help="warmup epochs (0: ep/50)")
+    g.add_argument("--wpe", type=float, default=0.01, help="final learning-rate ratio")
+    g.add_argument("--fp16", type=int, default=0, choices=(0, 1, 2), help="0: fp32, 1: fp16, 2: bf16 autocast")
+    g = p.add_argument_group("data and run")
+    g.add_argument("--data_path", required=True, help="ImageNet-style folder: <class>/<image> (or train/<class>/...)")
+    g.add_argument("--hflip", type=flag_bool, default=False, help="random horizontal flips (1/0, true/false)")
+    g.add_argument("--mid_reso", type=float, default=1.125, help="resize to mid_reso x size, then random-crop")
+    g.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation, null-class draws")
+    g.add_argument("--exp_name", default="default", help="run folder name under --local_out_dir")
+    g.add_argument("--local_out_dir", default="local_output", help="parent of the run folder")
+    g.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue a run: a resume.pt path, or no value for <run folder>/resume.pt")
+    return p
+
+
+def check_args(args: argparse.Namespace, world: int) -> int:
+    """Cheap checks, before anything heavy; returns the per-process micro-batch."""
+    for flag, value in (("--depth", args.depth), ("--bs", args.bs), ("--ac", args.ac), ("--ep", args.ep),
+                        ("--num_classes", args.num_classes)):
+        if value < 1:
+            raise SystemExit(f"{flag}: must be a positive integer, got {value}")
+    if not 0.0 <= args.uncond_ratio < 1.0:
+        raise SystemExit(f"--uncond_ratio: must be in [0, 1), got {args.uncond_ratio}")
+    from cca.loss import LOSS_TYPES
+    if args.loss_type.lower() not in {t.lower() for t in LOSS_TYPES}:
+        raise SystemExit(f"--loss_type: expected one of {', '.join(LOSS_TYPES)}, got {args.loss_type!r}")
+    for flag, path in (("--ref_ckpt", args.ref_ckpt), ("--vae_ckpt", args.vae_ckpt)):
+        if not Path(path).is_file():
+            raise SystemExit(f"{flag}: {path} not found (expected a checkpoint file)")
+    out = (Path(args.local_out_dir) / args.exp_name).absolute()
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"--local_out_dir: cannot create {out} ({existing} is not a writable folder)")
+    micro = round(args.bs / args.ac / world)
+    if micro < 1:
+        raise SystemExit(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty per-process "
+                         f"batch (need --bs >= --ac x processes)")
+    return micro
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from VAR.build import parse_patch_nums
+    patch_nums = parse_patch_nums(args.pn)
+
+    from cca import dist as cdist
+    from cca.checkpoint import CheckpointError, save_atomic
+    from cca.trainer import Trainer, TrainConfig
+    from VAR.adapter import VARAdapter
+    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
+    from VAR.data import build_train_dataset
+
+    d = cdist.init()
+    micro = check_args(args, d.world_size)
+    final_reso = patch_nums[-1] * 16
+    dataset = build_train_dataset(args.data_path, final_reso, mid_reso=args.mid_reso, hflip=args.hflip,
+                                  num_classes=args.num_classes)
+    per_rank = micro * args.ac
+    steps_per_epoch = len(dataset) // (d.world_size * per_rank)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"--data_path: {len(dataset)} images are fewer than one global batch "
+                         f"({d.world_size} x {per_rank}); lower --bs")
+    seed = args.seed * d.world_size + d.rank
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+    try:   # heavy part: models on the meta device, then the checkpoints' tensors
+        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
+        load_vae_weights(vae, args.vae_ckpt)
+        models = []
+        for _ in range(2):   # policy, reference: separate tensors (each load maps the file privately)
+            var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
+                            init_adaln_gamma=args.alng, dpr_ratio=args.dpr_ratio, cond_drop_rate=0.0, device="meta")
+            models.append(load_var_weights(var, args.ref_ckpt, flag="--ref_ckpt").to(d.device))
+    except CheckpointError as e:
+        raise SystemExit(str(e)) from None
+    policy, reference = models
+    vae.to(d.device)
+
+    out_dir = Path(args.local_out_dir) / args.exp_name
+    total_steps = args.ep * steps_per_epoch
+    warmup_epochs = args.wp if args.wp > 0 else args.ep / 50
+    cfg = TrainConfig(
+        out_dir=str(out_dir), batch_size=per_rank, grad_accum=args.ac, loss_type=args.loss_type, beta=args.beta,
+        lambda_=args.lambda_, uncond_ratio=args.uncond_ratio, lr=args.tblr * micro * args.ac * d.world_size / 256,
+        weight_decay=args.twd, wd_end=args.twde or args.twd, max_grad_norm=max(args.tclip, 0.0),
+        epochs=args.ep, max_steps=args.max_steps or None, schedule="var",
+        warmup_steps=warmup_epochs * steps_per_epoch, final_lr_ratio=args.wpe,
+        precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16], log_every=max(1, min(10, total_steps)),
+        ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
+        extra={"cli": vars(args), "argv": sys.argv[1:]})
+
+    def export(state_dict: dict, step: int, final: bool) -> None:
+        save_atomic(state_dict, out_dir / "ar-ckpt-last.pth")
+
+    trainer = Trainer(policy, reference, VARAdapter(vae, args.num_classes), cfg, dist=d, export=export)
+    if d.is_main:
+        print(f"[VAR_finetune] depth {args.depth}, {len(dataset)} images in {args.num_classes} classes, "
+              f"{d.world_size} process(es) x {micro} rows x {args.ac} accumulation, lr {cfg.lr:.3g}, "
+              f"{min(total_steps, args.max_steps or total_steps)} steps -> {out_dir}", flush=True)
+    try:
+        trainer.fit(dataset)
+    except CheckpointError as e:
+        raise SystemExit(str(e)) from None
+    if d.is_main:
+        print(f"[VAR_finetune] done: {out_dir / 'ar-ckpt-last.pth'}", flush=True)
+    cdist.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

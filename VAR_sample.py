@@ -1,0 +1,132 @@
+"""Sample class-conditional images from a VAR checkpoint into one npz for FID / IS evaluation.
+
+    python VAR_sample.py --cfg=0.0 --ckpt_path=/path/to/var_d20.pth --vae_ckpt=./vae_ch160v4096z32.pth --depth 20
+    torchrun --nproc_per_node=8 VAR_sample.py ...        (shards the samples over processes)
+
+--cfg follows VAR's convention: 0 means no guidance (and then only the conditional half is computed), larger
+values guide with a strength ramping linearly over the scales. Writes <sample_dir>/<name>.npz with ``arr_0``
+uint8 (N, H, W, 3) in a shuffled order and ``arr_1`` the labels in the same order; N = num_classes x
+num_per_class. Finished batches are kept under <sample_dir>/<name>.parts/, so a rerun continues where a killed run
+stopped and never produces an index twice.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="VAR_sample.py", description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    p.add_argument("--ckpt_path", required=True, help="VAR weights (released, CCA release, or ar-ckpt-last.pth)")
+    p.add_argument("--vae_ckpt", default="./vae_ch160v4096z32.pth", help="VQVAE weights")
+    p.add_argument("--cfg", type=float, default=0.0, help="guidance strength, VAR convention (0: none)")
+    p.add_argument("--depth", type=int, default=16, help="VAR depth of --ckpt_path (16, 20, 24, 30 released)")
+    p.add_argument("--sample_dir", default="./samples", help="where the npz (and .parts/, PNGs) go")
+    p.add_argument("--num_per_class", type=int, default=50, help="samples per class")
+    p.add_argument("--num_classes", type=int, default=1000, help="classes of the model")
+    p.add_argument("--batch_size", type=int, default=25, help="images per forward, per process")
+    p.add_argument("--top_k", type=int, default=900, help="top-k filtering (0: off)")
+    p.add_argument("--top_p", type=float, default=0.96, help="nucleus filtering (0: off)")
+    p.add_argument("--more_smooth", action="store_true", help="Gumbel-softmax soft codes (visualisation only)")
+    p.add_argument("--seed", type=int, default=1, help="sampling seed (also fixes the npz order)")
+    p.add_argument("--png", action="store_true", help="also write one PNG per sample")
+    p.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums of the model")
+    p.add_argument("--vae_ch", type=int, default=160, help="VQVAE base width")
+    p.add_argument("--vae_V", type=int, default=4096, help="VQVAE codebook size")
+    p.add_argument("--vae_Cvae", type=int, default=32, help="VQVAE code width")
+    return p
+
+
+def run_name(args: argparse.Namespace) -> str:
+    parts = Path(args.ckpt_path).with_suffix("").parts[-2:]
+    stem = re.sub(r"[^\w\-+.]", "_", "-".join(parts))
+    return f"d{args.depth}-{stem}-cfg-{args.cfg:g}-topk{args.top_k}-topp{args.top_p:g}-seed-{args.seed}"
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag, value in (("--depth", args.depth), ("--num_per_class", args.num_per_class),
+                        ("--num_classes", args.num_classes), ("--batch_size", args.batch_size)):
+        if value < 1:
+            raise SystemExit(f"{flag}: must be a positive integer, got {value}")
+    if args.top_k < 0 or not 0.0 <= args.top_p <= 1.0:
+        raise SystemExit(f"--top_k must be >= 0 and --top_p in [0, 1], got {args.top_k} / {args.top_p}")
+    for flag, path in (("--ckpt_path", args.ckpt_path), ("--vae_ckpt", args.vae_ckpt)):
+        if not Path(path).is_file():
+            raise SystemExit(f"{flag}: {path} not found (expected a checkpoint file)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from VAR.build import parse_patch_nums
+    patch_nums = parse_patch_nums(args.pn)
+    check_args(args)
+
+    from tqdm.auto import tqdm
+
+    from cca import dist as cdist
+    from cca.checkpoint import CheckpointError, check_writable_dir
+    from cca.sampling import ShardedNpzWriter, to_uint8_nhwc
+    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
+
+    d = cdist.init()
+    sample_dir = check_writable_dir(args.sample_dir, "--sample_dir") if d.is_main else Path(args.sample_dir)
+    cdist.barrier()
+    name = run_name(args)
+    labels = np.repeat(np.arange(args.num_classes, dtype=np.int64), args.num_per_class)   # index -> class
+    writer = ShardedNpzWriter(sample_dir, name, labels, rank=d.rank, world=d.world_size,
+                              batch_size=args.batch_size, shuffle_seed=args.seed)
+    if writer.npz_path.exists():
+        if d.is_main:
+            print(f"[VAR_sample] {writer.npz_path} already exists; nothing to do", flush=True)
+        return 0
+
+    try:
+        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
+        load_vae_weights(vae, args.vae_ckpt)
+        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
+                        cond_drop_rate=0.0, device="meta")
+        load_var_weights(var, args.ckpt_path, flag="--ckpt_path")
+    except CheckpointError as e:
+        raise SystemExit(str(e)) from None
+    vae.to(d.device).eval()
+    var.to(d.device).eval().requires_grad_(False)
+    png_dir = sample_dir / name if args.png else None
+    if png_dir is not None:
+        png_dir.mkdir(parents=True, exist_ok=True)
+
+    autocast = torch.autocast("cuda", dtype=torch.float16) if d.device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    pending = list(writer.pending_batches())
+    bar = tqdm(total=sum(len(b) for b in pending), desc=f"sampling {name}", disable=not d.is_main,
+               dynamic_ncols=True)
+    for indices in pending:
+        label_B = torch.from_numpy(labels[indices]).to(d.device)
+        with torch.inference_mode(), autocast:
+            images = var.autoregressive_infer_cfg(len(indices), label_B, g_seed=args.seed * 1_000_003 + int(indices[0]),
+                                                  cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                                  more_smooth=args.more_smooth)   # (b, 3, H, W) in [0, 1]
+        images = to_uint8_nhwc(images)                                         # (b, H, W, 3) uint8
+        if png_dir is not None:
+            from PIL import Image
+            for i, img in zip(indices, images):
+                Image.fromarray(img).save(png_dir / f"{int(i):06d}.png")
+        writer.save_batch(indices, images)
+        bar.update(len(indices))
+    bar.close()
+    cdist.barrier()
+    if d.is_main:
+        path = writer.finalize()
+        print(f"[VAR_sample] wrote {path} ({writer.num_samples} images, cfg {args.cfg:g})", flush=True)
+    cdist.barrier()
+    cdist.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
