@@ -187,7 +187,7 @@ class Trainer:
                 if k == "delta_neg_null":
                     continue
                 sums[k] = sums.get(k, 0) + v.float() / cfg.grad_accum
-        if cond.neg_is_positive is not None and bool(cond.null_rows.any()):
+        if cond.neg_is_positive is not None:   # same keys on every rank (all_reduce_dict)
             sums["null_fraction"] = cond.null_rows.float().mean()
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")

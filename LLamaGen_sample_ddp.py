@@ -1,0 +1,149 @@
+"""Sample a LlamaGen GPT into one npz for FID / IS evaluation; one CPU/GPU process or several under torchrun.
+
+    torchrun --nproc_per_node=8 LLamaGen_sample_ddp.py --vq-ckpt=vq_ds16_c2i.pt --ckpt_path=c2i_XL_384.pt \
+        --gpt-model=GPT-XL --image-size=384 --image-size-eval=256 --per-proc-batch-size=48 --cfg-scale=1.0 \
+        --num-fid-samples=50000
+
+Writes ``<sample-dir>/<run name>.npz`` with ``arr_0`` uint8 (N, H, W, 3), shuffled, and ``arr_1`` int64 labels
+(every class equally often), without a PNG round trip (``--save-png`` keeps PNGs too). Finished batches are kept
+under ``<run name>.parts/``: rerunning the same command resumes. ``--cfg-scale 1`` is guidance-free (half the
+cost of guided sampling: only the conditional rows run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cca import dist as cdist
+from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
+from LlamaGen.checkpoints import build_gpt, load_gpt_weights, load_vq
+from LlamaGen.generate import generate
+from LlamaGen.gpt import GPT_SIZES
+from LlamaGen.vq_model import VQ_models
+
+PRECISIONS = {"none": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="LLamaGen_sample_ddp.py", allow_abbrev=False,
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--gpt-model", choices=list(GPT_SIZES), default="GPT-B")
+    p.add_argument("--gpt-ckpt", "--ckpt_path", dest="gpt_ckpt", required=True,
+                   help="GPT weights: {'model': ...} (DDP / fine-tunes) or a raw state dict (FSDP releases)")
+    p.add_argument("--gpt-type", choices=["c2i"], default="c2i")
+    p.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility; the format is detected")
+    p.add_argument("--cls-token-num", type=int, choices=[1], default=1)
+    p.add_argument("--precision", choices=["auto", "none", "fp16", "bf16"], default="auto",
+                   help="GPT weights dtype; auto: bf16 on GPU, none (fp32) on CPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the GPT blocks (default: on GPU only)")
+    p.add_argument("--vq-model", choices=list(VQ_models), default="VQ-16")
+    p.add_argument("--vq-ckpt", required=True, help="tokenizer checkpoint (vq_ds16_c2i.pt)")
+    p.add_argument("--codebook-size", type=int, default=16384)
+    p.add_argument("--codebook-embed-dim", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=384)
+    p.add_argument("--image-size-eval", type=int, default=256, help="images are resized (bicubic) to this")
+    p.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--cfg-scale", type=float, default=1.5, help="1 = guidance-free (LlamaGen convention)")
+    p.add_argument("--cfg-interval", type=float, default=-1, help="stop guiding after this decode step (-1: never)")
+    p.add_argument("--sample-dir", default="samples")
+    p.add_argument("--per-proc-batch-size", type=int, default=32)
+    p.add_argument("--num-fid-samples", type=int, default=50000)
+    p.add_argument("--global-seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
+    p.add_argument("--top-p", type=float, default=1.0, help="1: no nucleus filtering")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--save-png", action="store_true", help="also write <index>.png files")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag, path in (("--vq-ckpt", args.vq_ckpt), ("--gpt-ckpt/--ckpt_path", args.gpt_ckpt)):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{flag} {path}: file not found")
+    if args.image_size <= 0 or args.image_size % args.downsample_size:
+        raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
+                         f"{args.downsample_size}")
+    for flag, value in (("--per-proc-batch-size", args.per_proc_batch_size), ("--num-fid-samples",
+                        args.num_fid_samples), ("--image-size-eval", args.image_size_eval)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be >= 1, got {value}")
+    if args.cfg_scale < 1.0:
+        raise SystemExit(f"--cfg-scale must be >= 1 (1 = guidance-free), got {args.cfg_scale}")
+    if not 0.0 < args.top_p <= 1.0 or args.temperature <= 0 or args.top_k < 0:
+        raise SystemExit("--top-p must be in (0, 1], --temperature > 0, --top-k >= 0")
+
+
+def run_name(args: argparse.Namespace) -> str:
+    ckpt = Path(args.gpt_ckpt)
+    ckpt_name = f"{ckpt.parent.parent.name}-{ckpt.stem}" if ckpt.parent.name == "checkpoints" else ckpt.stem
+    return (f"{args.gpt_model}-{ckpt_name}-size-{args.image_size}-size-{args.image_size_eval}-{args.vq_model}-"
+            f"topk-{args.top_k}-topp-{args.top_p}-temperature-{args.temperature}-cfg-{args.cfg_scale}-"
+            f"seed-{args.global_seed}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    torch.set_grad_enabled(False)
+    dist = cdist.init(args.device)
+    device = dist.device
+    dtype = PRECISIONS["bf16" if device.type == "cuda" else "none"] if args.precision == "auto" \
+        else PRECISIONS[args.precision]
+
+    vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, device)
+    if vq.downsample != args.downsample_size:
+        raise SystemExit(f"--downsample-size {args.downsample_size}: the tokenizer downsamples by {vq.downsample}")
+    gpt = build_gpt(args.gpt_model, vocab_size=args.codebook_size, image_size=args.image_size,
+                    downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta")
+    load_gpt_weights(gpt, args.gpt_ckpt, flag="--gpt-ckpt/--ckpt_path")
+    gpt = gpt.to(device=device, dtype=dtype).eval()
+    if args.compile or (args.compile is None and device.type == "cuda"):
+        for block in gpt.layers:
+            block.compile()
+
+    latent = args.image_size // args.downsample_size
+    name = run_name(args)
+    labels = balanced_labels(args.num_fid_samples, args.num_classes, seed=args.global_seed)
+    writer = ShardedNpzWriter(args.sample_dir, name, labels, rank=dist.rank, world=dist.world_size,
+                              batch_size=args.per_proc_batch_size, shuffle_seed=args.global_seed)
+    png_dir = Path(args.sample_dir) / name
+    if args.save_png:
+        png_dir.mkdir(parents=True, exist_ok=True)
+    batches = list(writer.pending_batches())
+    if dist.is_main:
+        print(f"sampling {args.num_fid_samples} images ({writer.num_pending()} left on rank 0) with "
+              f"{dist.world_size} process(es) into {writer.npz_path}")
+    from tqdm import tqdm
+    for indices in tqdm(batches, desc="sampling", disable=not dist.is_main, dynamic_ncols=True):
+        cond = torch.from_numpy(labels[indices]).to(device)                         # (b,)
+        gen = torch.Generator(device=device).manual_seed(args.global_seed * 1_000_003 + int(indices[0]))
+        tokens = generate(gpt, cond, latent ** 2, cfg_scale=args.cfg_scale, cfg_interval=int(args.cfg_interval),
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen)
+        images = vq.decode_code(tokens, [len(indices), args.codebook_embed_dim, latent, latent])   # (b, 3, H, W)
+        if args.image_size_eval != args.image_size:
+            images = F.interpolate(images, size=(args.image_size_eval,) * 2, mode="bicubic")
+        pixels = to_uint8_nhwc(images, value_range=(-1.0, 1.0))                    # (b, H, W, 3) uint8
+        writer.save_batch(indices, pixels)
+        if args.save_png:
+            from PIL import Image
+            for i, img in zip(indices, pixels):
+                Image.fromarray(img).save(png_dir / f"{int(i):06d}.png")
+    cdist.barrier()
+    if dist.is_main:
+        path = writer.finalize()
+        with np.load(path) as npz:
+            print(f"saved {path} arr_0 {npz['arr_0'].shape} {npz['arr_0'].dtype}, arr_1 {npz['arr_1'].shape}")
+    cdist.barrier()
+    cdist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

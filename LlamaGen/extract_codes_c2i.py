@@ -1,0 +1,133 @@
+"""Pre-extract VQ codes of an image folder for LlamaGen fine-tuning (the original's "extract codes" step).
+
+    torchrun --nproc_per_node=8 LlamaGen/extract_codes_c2i.py --vq-ckpt vq_ds16_c2i.pt \
+        --data-path /path/to/imagenet/train --code-path /path/to/codes --ten-crop --crop-range 1.1 --image-size 384
+
+Writes the original's layout (see LlamaGen/codes.py): ``<code-path>/<dataset><size>_codes/<i>.npy`` int64
+(1, n_aug, h*w) with n_aug = 10 (``--ten-crop``: TenCrop of an ADM centre crop ``crop-range`` times larger, i.e.
+five crops then their horizontal flips) or 2 (the centre crop and its horizontal flip), and
+``<dataset><size>_labels/<i>.npy`` int64 (1,). ``i`` is the image's index in the sorted ImageFolder. Processes
+take every world-th image; finished files are skipped, so a rerun resumes. Runs as one process (CPU or GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):   # run as a script: make the repository root importable instead of LlamaGen/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cca import dist as cdist
+from LlamaGen.checkpoints import load_vq
+from LlamaGen.codes import code_dirs
+from LlamaGen.vq_model import VQ_models
+
+
+def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
+    """ADM's centre crop: halve with a box filter while the short side is >= 2x size, bicubic-resize the short
+    side to ``size``, then cut the centre square."""
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(s * scale) for s in image.size), resample=Image.BICUBIC)
+    arr = np.asarray(image)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return Image.fromarray(arr[top:top + size, left:left + size])
+
+
+class ViewsTransform:
+    """PIL image -> (n_aug, 3, S, S) float tensor in [-1, 1]."""
+
+    def __init__(self, image_size: int, ten_crop: bool, crop_range: float):
+        from torchvision import transforms
+        self.image_size, self.ten_crop = image_size, ten_crop
+        self.crop_size = int(image_size * crop_range) if ten_crop else image_size
+        self.ten = transforms.TenCrop(image_size)
+        self.to_tensor = transforms.ToTensor()
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = center_crop_arr(image.convert("RGB"), self.crop_size)
+        if self.ten_crop:
+            views = torch.stack([self.to_tensor(c) for c in self.ten(image)])          # (10, 3, S, S)
+        else:
+            x = self.to_tensor(image)
+            views = torch.stack([x, torch.flip(x, dims=[-1])])                         # (2, 3, S, S)
+        return views * 2 - 1
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="extract_codes_c2i.py", allow_abbrev=False, description=__doc__.splitlines()[0])
+    p.add_argument("--data-path", required=True, help="ImageFolder root (one sub-folder per class)")
+    p.add_argument("--code-path", required=True, help="output folder")
+    p.add_argument("--vq-model", choices=list(VQ_models), default="VQ-16")
+    p.add_argument("--vq-ckpt", required=True, help="tokenizer checkpoint (vq_ds16_c2i.pt)")
+    p.add_argument("--codebook-size", type=int, default=16384)
+    p.add_argument("--codebook-embed-dim", type=int, default=8)
+    p.add_argument("--dataset", default="imagenet", help="prefix of the output folders")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--ten-crop", action="store_true", help="10 crops of a larger centre crop instead of 2 views")
+    p.add_argument("--crop-range", type=float, default=1.1, help="with --ten-crop: centre crop of size x this")
+    p.add_argument("--global-seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--debug", action="store_true", help="accepted for compatibility (one process is the default)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if not os.path.isdir(args.data_path):
+        raise SystemExit(f"--data-path {args.data_path}: folder not found")
+    if not os.path.isfile(args.vq_ckpt):
+        raise SystemExit(f"--vq-ckpt {args.vq_ckpt}: file not found")
+    if args.ten_crop and args.crop_range < 1.0:
+        raise SystemExit(f"--crop-range must be >= 1 with --ten-crop, got {args.crop_range}")
+    from torchvision.datasets import ImageFolder
+    try:
+        dataset = ImageFolder(args.data_path, transform=ViewsTransform(args.image_size, args.ten_crop,
+                                                                       args.crop_range))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(f"--data-path {args.data_path}: {e}") from None
+    dist = cdist.init()
+    torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
+    vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, dist.device)
+    if args.image_size % vq.downsample:
+        raise SystemExit(f"--image-size {args.image_size} is not a multiple of the tokenizer's {vq.downsample}")
+    codes_dir, labels_dir = code_dirs(args.code_path, args.image_size, args.dataset)
+    if dist.is_main:
+        codes_dir.mkdir(parents=True, exist_ok=True)
+        labels_dir.mkdir(parents=True, exist_ok=True)
+    cdist.barrier()
+    mine = [i for i in range(dist.rank, len(dataset), dist.world_size)
+            if not ((labels_dir / f"{i}.npy").is_file() and (codes_dir / f"{i}.npy").is_file())]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=1, shuffle=False,
+                                         num_workers=args.num_workers)
+    from tqdm import tqdm
+    bar = tqdm(zip(mine, loader), total=len(mine), desc="extract codes", disable=not dist.is_main)
+    with torch.no_grad():
+        for i, (views, label) in bar:
+            views = views[0].to(dist.device)                                           # (n_aug, 3, S, S)
+            _, _, (_, _, indices) = vq.encode(views)
+            codes = indices.reshape(1, views.shape[0], -1).cpu().numpy().astype(np.int64)   # (1, n_aug, h*w)
+            _save_npy(codes_dir / f"{i}.npy", codes)
+            _save_npy(labels_dir / f"{i}.npy", label.reshape(1).numpy().astype(np.int64))
+    cdist.barrier()
+    if dist.is_main:
+        print(f"codes of {len(dataset)} images in {codes_dir} and {labels_dir}")
+    cdist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

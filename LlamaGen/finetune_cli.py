@@ -1,0 +1,211 @@
+"""Command line of LlamaGen_finetune.py (DDP) and LlamaGen_finetune_fsdp.py (FSDP2): CCA fine-tuning of a
+released LlamaGen GPT on pre-extracted codes, through the shared trainer (cca/trainer.py).
+
+Flags follow the CCA release (``--global-batch-size --gradient-accumulation-step(s) --epochs --ckpt-every --lr
+--loss_type --expid --lambda_ --beta --uncond_ratio --keep_dropout --ref_ckpt --code-path --image-size
+--gpt-model``); outputs go to ``<results-dir>/<NNN>-<expid>-<gpt-model>/``: ``checkpoints/<step:07d>.pt`` as
+``{"model": state_dict}`` (what LLamaGen_sample_ddp.py loads as-is) and ``resume.pt`` (resumable state).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cca import dist as cdist
+from cca.checkpoint import check_writable_dir, save_atomic
+from cca.loss import LOSS_TYPES
+from cca.trainer import TrainConfig, Trainer
+from LlamaGen.adapter import LlamaGenAdapter
+from LlamaGen.checkpoints import build_gpt, load_gpt_weights
+from LlamaGen.codes import CodeDataset
+from LlamaGen.gpt import GPT_SIZES
+
+PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+def build_parser(fsdp: bool) -> argparse.ArgumentParser:
+    name = "LlamaGen_finetune_fsdp.py" if fsdp else "LlamaGen_finetune.py"
+    p = argparse.ArgumentParser(prog=name, allow_abbrev=False, description=(
+        "CCA fine-tuning of a LlamaGen GPT with " + ("FSDP2 (per-block fully_shard)" if fsdp else "DDP") +
+        ". Run as one process or under torchrun."))
+    cca = p.add_argument_group("CCA")
+    cca.add_argument("--expid", default="default", help="experiment name used in the run folder")
+    cca.add_argument("--ref_ckpt", required=True, help="released GPT checkpoint: policy init and frozen reference")
+    cca.add_argument("--loss_type", default="CCA", type=str.strip,
+                     help=f"one of {', '.join(LOSS_TYPES)} (case-insensitive)")
+    cca.add_argument("--lambda_", type=float, default=1000.0, help="weight of the negative (mismatched) term")
+    cca.add_argument("--beta", type=float, default=0.02, help="scale of the log-likelihood ratios")
+    cca.add_argument("--uncond_ratio", type=float, default=0.0,
+                     help="fraction of rows whose condition becomes the null class (keeps CFG usable)")
+    cca.add_argument("--keep_dropout", action="store_true",
+                     help="train the policy with LlamaGen's dropout (--dropout-p, --token-dropout-p)")
+    cca.add_argument("--ref-train-mode", action="store_true",
+                     help="also run the reference with dropout, as the original scripts did")
+    m = p.add_argument_group("model and data")
+    m.add_argument("--gpt-model", choices=list(GPT_SIZES), default="GPT-B")
+    m.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models")
+    m.add_argument("--code-path", required=True, help="folder with imagenet<size>_codes/ and imagenet<size>_labels/")
+    m.add_argument("--dataset", default="imagenet", help="prefix of the code folders (imagenet -> imagenet384_codes)")
+    m.add_argument("--image-size", type=int, default=256)
+    m.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
+    m.add_argument("--vocab-size", type=int, default=16384, help="codebook size of the tokenizer")
+    m.add_argument("--num-classes", type=int, default=1000)
+    m.add_argument("--cls-token-num", type=int, choices=[1], default=1)
+    m.add_argument("--dropout-p", type=float, default=0.1, help="residual / FFN dropout with --keep_dropout")
+    m.add_argument("--token-dropout-p", type=float, default=0.1, help="token dropout with --keep_dropout")
+    m.add_argument("--drop-path-rate", type=float, default=0.0, help="stochastic depth with --keep_dropout")
+    t = p.add_argument_group("training")
+    t.add_argument("--results-dir", default="results")
+    t.add_argument("--global-batch-size", type=int, default=256)
+    t.add_argument("--gradient-accumulation-steps", "--gradient-accumulation-step", dest="grad_accum", type=int,
+                   default=1, help="micro-batches per optimizer step")
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
+    t.add_argument("--lr", type=float, default=1e-5)
+    t.add_argument("--weight-decay", type=float, default=5e-2, help="on >= 2-D parameters only")
+    t.add_argument("--beta1", type=float, default=0.9)
+    t.add_argument("--beta2", type=float, default=0.95)
+    t.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    t.add_argument("--global-seed", type=int, default=0)
+    t.add_argument("--num-workers", type=int, default=4)
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--ckpt-every", type=int, default=5000, help="optimizer steps between checkpoints")
+    t.add_argument("--ema", action="store_true", help="keep an EMA (decay 0.9999) of the policy (DDP script only)")
+    t.add_argument("--resume", default=None,
+                   help="'auto' (latest run of this --expid/--gpt-model with resume.pt), a run folder, or resume.pt")
+    t.add_argument("--no-local-save", action="store_true", help="write no checkpoints/<step>.pt weight files")
+    t.add_argument("--no-compile", action="store_true", help="do not torch.compile the blocks (never on CPU)")
+    if fsdp:
+        t.add_argument("--mixed-precision", choices=["none", "fp32", "tf32", "fp16", "bf16"], default="bf16",
+                       help="FSDP parameter dtype in forward/backward")
+        t.add_argument("--grad-precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                       help="FSDP gradient reduce dtype")
+        t.add_argument("--data-parallel", choices=["fsdp", "sdp", "hsdp"], default="fsdp",
+                       help="full shard / shard grads+optimizer only / shard within a node, replicate across")
+    else:
+        t.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="bf16",
+                       help="autocast dtype (fp16 uses a gradient scaler)")
+    return p
+
+
+def check_args(args: argparse.Namespace, world: int, fsdp: bool = False) -> None:
+    """One-line errors for bad flags, before any heavy work."""
+    if fsdp and args.ema:
+        raise SystemExit("--ema is only supported by LlamaGen_finetune.py (DDP), not with FSDP")
+    if args.loss_type.lower() not in {n.lower() for n in LOSS_TYPES}:
+        raise SystemExit(f"--loss_type: unknown {args.loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
+    if not os.path.isfile(args.ref_ckpt):
+        raise SystemExit(f"--ref_ckpt {args.ref_ckpt}: file not found")
+    if args.image_size <= 0 or args.image_size % args.downsample_size:
+        raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
+                         f"{args.downsample_size}")
+    if args.grad_accum < 1:
+        raise SystemExit(f"--gradient-accumulation-steps must be >= 1, got {args.grad_accum}")
+    if args.global_batch_size < 1 or args.global_batch_size % (world * args.grad_accum):
+        raise SystemExit(f"--global-batch-size {args.global_batch_size} must be divisible by world size {world} x "
+                         f"--gradient-accumulation-steps {args.grad_accum}")
+    if not 0.0 <= args.uncond_ratio < 1.0:
+        raise SystemExit(f"--uncond_ratio must be in [0, 1), got {args.uncond_ratio}")
+    if args.lr <= 0 or args.epochs <= 0:
+        raise SystemExit("--lr and --epochs must be positive")
+
+
+def check_codes(dataset: CodeDataset, vocab_size: int, code_path: str) -> None:
+    """The first few code files must hold indices inside the tokenizer's vocabulary."""
+    for i in dataset.ids[:8]:
+        codes = np.load(dataset.codes_dir / f"{i}.npy")
+        if codes.min() < 0 or codes.max() >= vocab_size:
+            raise SystemExit(f"--code-path {code_path}: {dataset.codes_dir.name}/{i}.npy has code {int(codes.max())}"
+                             f" outside [0, {vocab_size}); pass the tokenizer's --vocab-size")
+
+
+def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | None]:
+    """(run folder, resume file or None), decided on rank 0 and shared."""
+    choice = None
+    if dist.is_main:
+        results = check_writable_dir(args.results_dir, "--results-dir")
+        tag = f"{args.expid}-{args.gpt_model.replace('/', '-')}"
+        resume = None
+        if args.resume and args.resume != "auto":
+            given = Path(args.resume)
+            resume = given if given.is_file() else given / "resume.pt"
+            if not resume.is_file():
+                raise SystemExit(f"--resume {args.resume}: no resume.pt there")
+            folder = resume.parent
+        else:
+            runs = sorted(d for d in results.glob(f"[0-9][0-9][0-9]-{tag}") if (d / "resume.pt").is_file())
+            if args.resume == "auto" and runs:
+                folder, resume = runs[-1], runs[-1] / "resume.pt"
+            else:
+                index = len([d for d in results.iterdir() if d.is_dir()])
+                folder = results / f"{index:03d}-{tag}"
+                while folder.exists():
+                    index += 1
+                    folder = results / f"{index:03d}-{tag}"
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        choice = (str(folder), str(resume) if resume else None)
+    folder, resume = cdist.broadcast_object(choice)
+    return Path(folder), resume
+
+
+def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
+    args = build_parser(fsdp).parse_args(argv)
+    check_args(args, int(os.environ.get("WORLD_SIZE", "1")), fsdp)
+    dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, args.dataset)
+    check_codes(dataset, args.vocab_size, args.code_path)
+    drop = dict(dropout_p=args.dropout_p, token_dropout_p=args.token_dropout_p,
+                drop_path_rate=args.drop_path_rate) if args.keep_dropout else {}
+    policy = build_gpt(args.gpt_model, vocab_size=args.vocab_size, image_size=args.image_size,
+                       downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta", **drop)
+    load_gpt_weights(policy, args.ref_ckpt, flag="--ref_ckpt")      # memory-mapped; fails before any output
+    dist = cdist.init()
+    folder, resume = run_dir(args, dist)
+    if dist.is_main:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    log = logging.getLogger("cca")
+    torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
+    reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
+    if args.ref_train_mode and args.keep_dropout is False:
+        log.warning("--ref-train-mode without --keep_dropout: the reference has no dropout to apply")
+    policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
+    if dist.device.type == "cuda" and not args.no_compile:
+        for block in list(policy.layers) + list(reference.layers):
+            block.compile()                                       # in place: state-dict keys stay unprefixed
+    if dist.is_main:
+        log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,
+                 f"{sum(p.numel() for p in policy.parameters()):,}", len(dataset), folder)
+
+    precision = PRECISION[args.mixed_precision]
+    if fsdp:
+        from LlamaGen.fsdp import shard_gpt
+        policy = shard_gpt(policy, args.data_parallel, precision, args.grad_precision, dist)
+        reference = shard_gpt(reference, args.data_parallel, precision, args.grad_precision, dist)
+        precision = "fp32"            # FSDP's mixed-precision policy casts; no autocast on top
+    cfg = TrainConfig(out_dir=str(folder), batch_size=args.global_batch_size // dist.world_size,
+                      loss_type=args.loss_type, beta=args.beta, lambda_=args.lambda_, uncond_ratio=args.uncond_ratio,
+                      lr=args.lr, weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
+                      max_grad_norm=args.max_grad_norm, grad_accum=args.grad_accum, epochs=args.epochs,
+                      max_steps=args.max_steps or None, precision=precision, log_every=args.log_every,
+                      ckpt_every=args.ckpt_every, ema=0.9999 if args.ema else 0.0,
+                      ref_train_mode=args.ref_train_mode, seed=args.global_seed, resume=resume,
+                      num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp", extra=vars(args))
+    trainer: Trainer | None = None
+
+    def export(state_dict: dict, step: int, final: bool) -> None:
+        if args.no_local_save:
+            return
+        ckpt = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}}
+        if trainer is not None and trainer.ema is not None:
+            ckpt["ema"] = {k: v.to(state_dict[k].dtype) for k, v in trainer.ema.items()}
+        path = save_atomic(ckpt, folder / "checkpoints" / f"{step:07d}.pt")
+        log.info("saved %s%s", path, " (final)" if final else "")
+
+    trainer = Trainer(policy, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist, export=export)
+    trainer.fit(dataset)
+    cdist.cleanup()

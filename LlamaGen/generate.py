@@ -1,0 +1,112 @@
+"""Class-conditional sampling for the LlamaGen GPT with a static, preallocated KV cache.
+
+The cache is a ``KVCache`` object created per call and dropped afterwards: the model's ``state_dict()`` is the same
+before and after generating (the original registered its caches as persistent buffers on the model).
+
+Guidance uses LlamaGen's convention: ``cfg_scale == 1`` (or below) is guidance-free and runs only the B conditional
+rows; ``cfg_scale > 1`` adds B unconditional rows (class ``num_classes``) and mixes u + s·(c − u).
+``cfg_interval = k >= 0`` stops guiding after decode step k (from then on only the B conditional rows run).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from cca.sampling import filter_logits, guide, sample_from_logits
+from LlamaGen.gpt import KVCache, Transformer
+
+LogitsHook = Callable[[int, torch.Tensor], None]   # (step, (B, V) logits handed to the sampler) -> None
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                sample_logits: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) int64: temperature, then top-k / top-p, then a draw (or the argmax)."""
+    if sample_logits:
+        return sample_from_logits(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
+    return filter_logits(logits / max(temperature, 1e-5), top_k, top_p).argmax(dim=-1)
+
+
+def _check_inputs(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float) -> None:
+    if cond.dim() != 1:
+        raise ValueError(f"cond must be (B,) class indices, got shape {tuple(cond.shape)}")
+    if not 1 <= max_new_tokens <= model.block_size:
+        raise ValueError(f"max_new_tokens must be in [1, {model.block_size}] (block_size), got {max_new_tokens}")
+    if cfg_scale > 1.0 and not model.cls_embedding.has_null_row:
+        raise ValueError("cfg_scale > 1 needs the unconditional class row, which this model has no weights for")
+
+
+def _guided(logits: torch.Tensor, batch: int, cfg_scale: float) -> torch.Tensor:
+    if logits.shape[0] == batch:              # guidance-free rows only
+        return logits
+    cond_logits, uncond_logits = logits[:batch], logits[batch:]                 # (B, V) each
+    return guide(cond_logits, uncond_logits, cfg_scale)
+
+
+@torch.no_grad()
+def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
+             cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             sample_logits: bool = True, *, generator: Optional[torch.Generator] = None,
+             logits_hook: Optional[LogitsHook] = None) -> torch.Tensor:
+    """cond (B,) class indices -> (B, max_new_tokens) int64 image tokens in raster order.
+
+    ``logits_hook(step, logits)`` sees the last-position (guided) logits handed to the sampler at every step.
+    """
+    _check_inputs(model, cond, max_new_tokens, cfg_scale)
+    B, device = cond.shape[0], cond.device
+    use_cfg = cfg_scale > 1.0
+    rows = torch.cat([cond, torch.full_like(cond, model.num_classes)]) if use_cfg else cond   # (R,), R = B or 2B
+    T = model.cls_token_num
+    cache = KVCache.for_model(model, rows.shape[0], T + max_new_tokens, device=device)
+    seq = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, sample_logits=sample_logits,
+                    generator=generator)
+
+    # prefill: the class token(s) at positions [0, T)
+    cond_emb = model.cls_embedding.embedding_table(rows).unsqueeze(1)          # (R, 1, dim)
+    logits = model.forward_cached(cond_emb, torch.arange(T, device=device), cache)[:, -1]   # (R, V)
+    logits = _guided(logits, B, cfg_scale)
+    if logits_hook is not None:
+        logits_hook(0, logits)
+    token = sample_next(logits, **sampling)                                     # (B,)
+    seq[:, 0] = token
+
+    pos = torch.tensor([T], device=device)
+    for i in range(max_new_tokens - 1):
+        if use_cfg and cfg_interval > -1 and i > cfg_interval and cache.k.shape[1] != B:
+            cache = cache.first_rows(B)        # guidance is over: keep decoding the conditional rows only
+        x = token[:, None]                                                      # (B, 1)
+        if cache.k.shape[1] != B:
+            x = torch.cat([x, x])                                               # (2B, 1)
+        logits = model.forward_cached(model.tok_embeddings(x), pos, cache)[:, -1]   # (R, V)
+        logits = _guided(logits, B, cfg_scale)
+        if logits_hook is not None:
+            logits_hook(i + 1, logits)
+        token = sample_next(logits, **sampling)
+        seq[:, i + 1] = token
+        pos += 1
+    return seq
+
+
+@torch.no_grad()
+def generate_uncached(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
+                      cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                      sample_logits: bool = True, *, generator: Optional[torch.Generator] = None,
+                      logits_hook: Optional[LogitsHook] = None) -> torch.Tensor:
+    """Same contract as ``generate`` but recomputes the whole prefix with the teacher-forcing forward each step
+    (a slow reference for tests and benchmarks)."""
+    _check_inputs(model, cond, max_new_tokens, cfg_scale)
+    B, device = cond.shape[0], cond.device
+    use_cfg = cfg_scale > 1.0
+    seq = torch.empty(B, 0, dtype=torch.long, device=device)
+    for i in range(max_new_tokens):
+        guiding = use_cfg and not (cfg_interval > -1 and i - 1 > cfg_interval)
+        rows = torch.cat([cond, torch.full_like(cond, model.num_classes)]) if guiding else cond
+        prefix = torch.cat([seq, seq]) if guiding else seq                      # (R, i)
+        logits = _guided(model(prefix, rows)[0][:, -1], B, cfg_scale)           # (B, V)
+        if logits_hook is not None:
+            logits_hook(i, logits)
+        token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                            sample_logits=sample_logits, generator=generator)
+        seq = torch.cat([seq, token[:, None]], dim=1)
+    return seq

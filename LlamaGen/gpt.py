@@ -1,0 +1,333 @@
+"""LlamaGen's class-conditional GPT: Llama blocks (RMSNorm, SwiGLU, 2-D RoPE) over VQ image tokens.
+
+Parameter names and shapes follow the released c2i_*.pt checkpoints (../shared/checkpoint_layouts/llamagen_c2i_*).
+Two explicit paths, whatever the train/eval mode (the mode only switches dropout):
+
+* ``forward(idx, cond_idx, targets)`` - teacher forcing: class token + ``idx`` -> (logits (B, L, V), loss).
+* ``forward_cached(x, input_pos, cache)`` - incremental decoding against a ``KVCache`` that lives outside the
+  module, so generating never changes ``state_dict()`` (see LlamaGen/generate.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layer: int = 32
+    n_head: int = 32
+    n_kv_head: Optional[int] = None
+    multiple_of: int = 256            # SwiGLU hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: Optional[float] = None
+    rope_base: float = 10000
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    drop_path_rate: float = 0.0
+    num_classes: int = 1000
+    caption_dim: int = 2048           # text-to-image only; kept so the original's ModelArgs dicts load
+    class_dropout_prob: float = 0.1   # label dropout in training mode (needs the null row)
+    model_type: str = "c2i"
+    vocab_size: int = 16384
+    cls_token_num: int = 1
+    block_size: int = 256             # image tokens per sample (grid ** 2)
+    max_batch_size: int = 32          # unused (caches are sized per call); kept for compatibility
+    max_seq_len: int = 2048           # unused; kept for compatibility
+    null_class_row: bool = True       # class table has row ``num_classes`` (the unconditional class)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelArgs: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def grid_size(self) -> int:
+        return int(round(self.block_size ** 0.5))
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return find_multiple(hidden, self.multiple_of)
+
+
+class KVCache:
+    """Preallocated keys/values of every layer for ``batch`` rows and ``max_len`` positions (not a module)."""
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
+
+    @classmethod
+    def for_model(cls, model: "Transformer", batch: int, max_len: int, dtype=None, device=None) -> "KVCache":
+        a = model.config
+        w = model.tok_embeddings.weight
+        return cls(a.n_layer, batch, a.n_kv_head or a.n_head, max_len, a.head_dim, dtype or w.dtype, device or w.device)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def first_rows(self, n: int) -> "KVCache":
+        """A view on rows [0, n) sharing storage (used when guidance stops after ``cfg_interval``)."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        return view
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelArgs):
+        super().__init__()
+        hidden = config.ffn_hidden
+        self.w1 = nn.Linear(config.dim, hidden, bias=False)
+        self.w3 = nn.Linear(config.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, config.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(config.ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))   # (B, S, dim)
+
+
+def precompute_freqs_cis_2d(grid_size: int, head_dim: int, base: float = 10000, cls_token_num: int = 1
+                            ) -> torch.Tensor:
+    """(cls_token_num + grid**2, head_dim // 2, 2) cos/sin table: half the pairs rotate with the row index, half
+    with the column index; the class-token rows are all zero (the original's convention)."""
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
+    quarter = head_dim // 4
+    exponents = torch.arange(0, head_dim // 2, 2, device="cpu")[:quarter].float() / (head_dim // 2)
+    inv_freq = 1.0 / (base ** exponents)                                   # (quarter,)
+    angles = torch.outer(torch.arange(grid_size, device="cpu"), inv_freq)  # (grid, quarter)
+    grid_angles = torch.cat([angles[:, None, :].expand(-1, grid_size, -1),
+                             angles[None, :, :].expand(grid_size, -1, -1)], dim=-1)   # (grid, grid, head_dim//2)
+    table = torch.stack([torch.cos(grid_angles), torch.sin(grid_angles)], dim=-1).flatten(0, 1)
+    zeros = torch.zeros(cls_token_num, head_dim // 2, 2, device="cpu")
+    return torch.cat([zeros, table])                                      # (T + grid**2, head_dim//2, 2)
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """x (B, S, H, D), freqs (S, D//2, 2) -> rotated x (B, S, H, D), computed in float32."""
+    xp = x.float().reshape(*x.shape[:-1], -1, 2)                           # (B, S, H, D//2, 2)
+    f = freqs.view(1, xp.size(1), 1, xp.size(3), 2)                        # (1, S, 1, D//2, 2)
+    out = torch.stack([xp[..., 0] * f[..., 0] - xp[..., 1] * f[..., 1],
+                       xp[..., 1] * f[..., 0] + xp[..., 0] * f[..., 1]], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelArgs):
+        super().__init__()
+        if config.dim % config.n_head:
+            raise ValueError(f"dim {config.dim} is not divisible by n_head {config.n_head}")
+        self.dim, self.n_head, self.head_dim = config.dim, config.n_head, config.head_dim
+        self.n_kv_head = config.n_kv_head or config.n_head
+        self.wqkv = nn.Linear(config.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
+        self.wo = nn.Linear(config.dim, config.dim, bias=False)
+        self.attn_dropout_p = config.attn_dropout_p
+        self.resid_dropout = nn.Dropout(config.resid_dropout_p)
+
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, S, _ = x.shape
+        kv_size = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
+        q = apply_rotary_emb(q.view(B, S, self.n_head, self.head_dim), freqs).transpose(1, 2)     # (B, H, S, D)
+        k = apply_rotary_emb(k.view(B, S, self.n_kv_head, self.head_dim), freqs).transpose(1, 2)  # (B, Hkv, S, D)
+        v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)                          # (B, Hkv, S, D)
+        mask = None
+        if kv is not None:   # write this step into the static cache, attend over every filled position
+            k_cache, v_cache = kv                                                # (B, Hkv, S_max, D)
+            k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
+            v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+            k, v = k_cache, v_cache
+            key_pos = torch.arange(k_cache.shape[2], device=x.device)
+            mask = key_pos[None, :] <= input_pos[:, None]                        # (S, S_max) bool
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)        # (B, H, S_k, D)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                             dropout_p=self.attn_dropout_p if self.training else 0.0)  # (B, H, S, D)
+        out = out.transpose(1, 2).contiguous().view(B, S, self.dim)
+        return self.resid_dropout(self.wo(out))                                  # (B, S, dim)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero the whole residual branch of a sample with probability ``p``."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelArgs, drop_path: float):
+        super().__init__()
+        self.attention = Attention(config)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.dim, eps=config.norm_eps)
+        self.ffn_norm = RMSNorm(config.dim, eps=config.norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv=None, input_pos=None) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, kv, input_pos))
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))          # (B, S, dim)
+
+
+class LabelEmbedder(nn.Module):
+    """Class label -> one embedding token. Row ``num_classes`` (if present) is the unconditional (null) class."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float, null_row: bool = True):
+        super().__init__()
+        if dropout_prob > 0 and not null_row:
+            raise ValueError("class_dropout_prob > 0 needs the null class row (null_class_row=True)")
+        self.embedding_table = nn.Embedding(num_classes + int(null_row), hidden_size)
+        self.num_classes, self.dropout_prob, self.has_null_row = num_classes, dropout_prob, null_row
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels).unsqueeze(1)                         # (B, 1, dim)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelArgs):
+        super().__init__()
+        if config.model_type != "c2i":
+            raise ValueError(f"only model_type 'c2i' is supported, got {config.model_type!r}")
+        if config.cls_token_num != 1:
+            raise ValueError(f"class-conditional models use one class token, got cls_token_num={config.cls_token_num}")
+        if config.grid_size ** 2 != config.block_size:
+            raise ValueError(f"block_size {config.block_size} is not a square number of tokens")
+        self.config = config
+        self.vocab_size, self.n_layer, self.block_size = config.vocab_size, config.n_layer, config.block_size
+        self.num_classes, self.model_type, self.cls_token_num = config.num_classes, config.model_type, 1
+        self.cls_embedding = LabelEmbedder(config.num_classes, config.dim, config.class_dropout_prob,
+                                           config.null_class_row)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.tok_dropout = nn.Dropout(config.token_dropout_p)
+        n = config.n_layer
+        rates = [config.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+        self.layers = nn.ModuleList(TransformerBlock(config, r) for r in rates)
+        self.norm = RMSNorm(config.dim, eps=config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        # a plain attribute (not a buffer): never saved, never cast to half precision, moved lazily
+        self.freqs_cis = precompute_freqs_cis_2d(config.grid_size, config.head_dim, config.rope_base, 1)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)) and not m.weight.is_meta:
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+        if not self.output.weight.is_meta:
+            nn.init.zeros_(self.output.weight)
+
+    def get_fsdp_wrap_module_list(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def rope(self, positions: torch.Tensor | slice, device: torch.device) -> torch.Tensor:
+        if self.freqs_cis.device != device:
+            self.freqs_cis = self.freqs_cis.to(device)
+        return self.freqs_cis[positions]                                         # (S, head_dim//2, 2)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.output(self.norm(h)).float()                                 # (B, S, V) float32
+
+    def forward(self, idx: torch.Tensor, cond_idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                valid: Optional[torch.Tensor] = None):
+        """Teacher forcing. idx (B, L) image tokens (usually block_size - 1), cond_idx (B,) classes ->
+        (logits (B, L + 1, V) float32 where position i predicts token i, mean cross-entropy vs targets or None)."""
+        if idx.shape[1] > self.block_size:
+            raise ValueError(f"idx has {idx.shape[1]} tokens, more than block_size {self.block_size}")
+        cond = self.cls_embedding(cond_idx)                                      # (B, 1, dim)
+        h = self.tok_dropout(torch.cat([cond, self.tok_embeddings(idx)], dim=1))  # (B, 1 + L, dim)
+        freqs = self.rope(slice(0, h.shape[1]), h.device)
+        for layer in self.layers:
+            h = layer(h, freqs)
+        logits = self._head(h)                                                   # (B, 1 + L, V)
+        loss = None
+        if targets is not None:
+            ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                 reduction="none" if valid is not None else "mean")
+            if valid is not None:   # per-sample 0/1 weights
+                weights = valid[:, None].expand_as(targets).reshape(-1).to(ce.dtype)
+                loss = (ce * weights).sum() / weights.sum().clamp(min=1)
+            else:
+                loss = ce
+        return logits, loss
+
+    def forward_cached(self, x: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """x (B, S, dim) embeddings at positions ``input_pos`` (S,) -> logits (B, S, V); updates ``cache``."""
+        h = self.tok_dropout(x)
+        freqs = self.rope(input_pos, h.device)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, freqs, (cache.k[i], cache.v[i]), input_pos)
+        return self._head(h)
+
+
+# name -> (n_layer, n_head, dim); parameter counts are for the 384 px class-conditional models
+GPT_SIZES = {
+    "GPT-B": (12, 12, 768),      # 111M
+    "GPT-L": (24, 16, 1024),     # 343M
+    "GPT-XL": (36, 20, 1280),    # 775M
+    "GPT-XXL": (48, 24, 1536),   # 1.4B
+    "GPT-XXXL": (48, 40, 2560),  # 3.9B
+    "GPT-1B": (22, 32, 2048),    # 1.2B
+    "GPT-3B": (24, 32, 3200),    # 3.1B
+    "GPT-7B": (32, 32, 4096),    # 6.6B
+    "GPT-debug": (2, 2, 32),     # tiny, for CPU tests and smoke runs
+}
+
+
+def _builder(name: str):
+    n_layer, n_head, dim = GPT_SIZES[name]
+
+    def build(**kwargs) -> Transformer:
+        return Transformer(ModelArgs(n_layer=n_layer, n_head=n_head, dim=dim, **kwargs))
+    build.__name__ = name.replace("-", "_")
+    return build
+
+
+GPT_models = {name: _builder(name) for name in GPT_SIZES}

@@ -1,0 +1,96 @@
+"""Recompute the LlamaGen parity fixtures (../shared/fixtures/llamagen_vq, llamagen_gpt) with this package.
+
+``PARITY[kind](fixture_dir, config) -> {name: tensor}`` for every tensor of the fixture's expected.safetensors.
+Sizes and settings come from the fixture's config.json and weights, never from the shipped folders' names, so
+fixtures of other sizes work too. Driven by ``python -m cca.parity FIXTURE_DIR --out OUT.safetensors``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from cca.checkpoint import load_strict
+from LlamaGen.generate import generate
+from LlamaGen.gpt import ModelArgs, Transformer
+from LlamaGen.vq_model import VQModel, VQModelArgs
+
+
+def cfg_tag(cfg: float) -> str:
+    """Fixture naming: 1.0 -> 'cfg1', 1.5 -> 'cfg1p5'."""
+    return "cfg" + format(cfg, "g").replace(".", "p")
+
+
+def vq_args_from_config(config: dict) -> VQModelArgs:
+    args = dict(config["constructor_args"]["ModelArgs"])
+    override = config.get("encoder_decoder_override") or {}
+    enc, dec = override.get("encoder_args", {}), override.get("decoder_args", {})
+    for key in ("ch", "num_res_blocks", "norm_type"):
+        if key in enc:
+            if key in dec and dec[key] != enc[key]:
+                raise ValueError(f"encoder and decoder disagree on {key}: {enc[key]} vs {dec[key]}")
+            args[key] = enc[key]
+    if "ch_mult" in enc:
+        args["encoder_ch_mult"] = list(enc["ch_mult"])
+    if "ch_mult" in dec:
+        args["decoder_ch_mult"] = list(dec["ch_mult"])
+    return VQModelArgs.from_dict(args)
+
+
+def llamagen_vq(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
+    fixture_dir = Path(fixture_dir)
+    model = VQModel(vq_args_from_config(config))
+    load_strict(model, load_file(str(fixture_dir / "weights.safetensors")), source=str(fixture_dir))
+    model.eval()
+    images = load_file(str(fixture_dir / "inputs.safetensors"))["images"]     # (B, 3, H, W)
+    with torch.no_grad():
+        pre = model.pre_quant(images)                                           # (B, D, h, w)
+        quant, _, (_, _, codes) = model.encode(images)
+        B, D, h, w = pre.shape
+        codes = codes.reshape(B, h * w)                                         # (B, h*w) row-major
+        decoded = model.decode_code(codes, [B, D, h, w], channel_first=True)   # (B, 3, H, W)
+    return {"pre_quant_latent": pre, "quantized_latent": quant, "code_indices": codes,
+            "decoded_from_codes": decoded}
+
+
+def gpt_from_fixture(fixture_dir: Path, config: dict) -> Transformer:
+    """Build the fixture's GPT (null class row iff its weights have it) and load the weights strictly."""
+    weights = load_file(str(Path(fixture_dir) / "weights.safetensors"))
+    args = dict(config["constructor_args"]["ModelArgs"])
+    rows = weights["cls_embedding.embedding_table.weight"].shape[0]
+    args["null_class_row"] = rows > args["num_classes"]
+    if not args["null_class_row"]:
+        args["class_dropout_prob"] = 0.0
+    model = Transformer(ModelArgs.from_dict(args))
+    load_strict(model, weights, source=str(fixture_dir))
+    return model.eval()   # eval only disables dropout; both paths are the same in either mode
+
+
+def llamagen_gpt(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
+    fixture_dir = Path(fixture_dir)
+    model = gpt_from_fixture(fixture_dir, config)
+    inputs = load_file(str(fixture_dir / "inputs.safetensors"))
+    tokens, labels = inputs["tokens"], inputs["labels"]                        # (B, L), (B,)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        logits, loss = model(tokens[:, :-1], labels, targets=tokens)           # (B, L, V), ()
+        out["teacher_forced_logits"] = logits
+        out["teacher_forced_ce_loss"] = loss.reshape(1)
+        gen = config["calls"]["generation"]
+        cond = inputs["generation_labels"]                                      # (B,)
+        for cfg in gen["cfg_scale"]:
+            steps: list[torch.Tensor] = []
+            tokens_out = generate(model, cond, int(gen["max_new_tokens"]), cfg_scale=float(cfg),
+                                  cfg_interval=int(gen.get("cfg_interval", -1)),
+                                  temperature=float(gen.get("temperature", 1.0)), top_k=int(gen.get("top_k", 0)),
+                                  top_p=float(gen.get("top_p", 1.0)),
+                                  sample_logits=bool(gen.get("sample_logits", True)),
+                                  logits_hook=lambda step, lg, steps=steps: steps.append(lg.float().clone()))
+            tag = cfg_tag(float(cfg))
+            out[f"generated_tokens_{tag}"] = tokens_out.long()
+            out[f"generation_step_logits_{tag}"] = torch.stack(steps, dim=1)   # (B, steps, V)
+    return out
+
+
+PARITY = {"llamagen_vq": llamagen_vq, "llamagen_gpt": llamagen_gpt}

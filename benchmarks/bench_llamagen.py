@@ -1,0 +1,144 @@
+"""LlamaGen generation timings on a random-weight GPT (CPU by default), measured in one run.
+
+    python benchmarks/bench_llamagen.py            # dim 384, 6 layers; CFG at 128 rows, KV cache at 16 rows x 32
+    python benchmarks/bench_llamagen.py --dim 64 --n-layer 2 --cfg-batch 4 --kv-tokens 8 --json
+
+Reports three ratios:
+* guidance-free / CFG time: ``cfg_scale 1`` runs B rows per step, CFG 2B rows (CCA's halving of sampling
+  cost): 0.5 where compute dominates, higher where a fixed per-step cost (weight reads, dispatch) does;
+* cached / uncached time: the static KV cache against recomputing the whole prefix every step;
+* 2T / T cached time: generating twice as many tokens (about 2 when each step costs the same).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from LlamaGen.generate import generate, generate_uncached
+from LlamaGen.gpt import ModelArgs, Transformer
+
+
+def bench_model(dim: int = 384, n_layer: int = 6, n_head: int = 6, vocab_size: int = 1024, block_size: int = 64,
+                num_classes: int = 10, seed: int = 0) -> Transformer:
+    """A random-weight class-conditional GPT in eval mode (no dropout)."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelArgs(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size,
+                                  block_size=block_size, num_classes=num_classes, token_dropout_p=0.0,
+                                  resid_dropout_p=0.0, ffn_dropout_p=0.0, class_dropout_prob=0.0))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def paired_times(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 3,
+                 device: torch.device | None = None) -> tuple[float, float]:
+    """Best wall time (seconds) of ``fn_a`` and of ``fn_b`` after a warm-up of each; the runs alternate
+    (a, b, a, b, ...) so that load from other processes hits both alike."""
+    best = [float("inf"), float("inf")]
+    for r in range(repeats + 1):
+        for j, fn in enumerate((fn_a, fn_b)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if r > 0:
+                best[j] = min(best[j], time.perf_counter() - t0)
+    return best[0], best[1]
+
+
+def _cond(model: Transformer, batch: int) -> torch.Tensor:
+    return torch.arange(batch, device=model.output.weight.device) % model.num_classes
+
+
+def guidance_ratio(model: Transformer, batch: int, tokens: int, cfg_scale: float = 4.0, repeats: int = 3) -> dict:
+    cond = _cond(model, batch)
+    free, guided = paired_times(lambda: generate(model, cond, tokens, cfg_scale=1.0),
+                                lambda: generate(model, cond, tokens, cfg_scale=cfg_scale), repeats, cond.device)
+    return {"guidance_free_s": free, "cfg_s": guided, "guidance_free_over_cfg": free / guided}
+
+
+def cache_ratio(model: Transformer, batch: int, tokens: int, repeats: int = 3) -> dict:
+    cond = _cond(model, batch)
+    cached, uncached = paired_times(lambda: generate(model, cond, tokens),
+                                    lambda: generate_uncached(model, cond, tokens), repeats, cond.device)
+    return {"cached_s": cached, "uncached_s": uncached, "cached_over_uncached": cached / uncached}
+
+
+def length_ratio(model: Transformer, batch: int, tokens: int, repeats: int = 3) -> dict:
+    if 2 * tokens > model.block_size:
+        raise ValueError(f"2 x tokens ({2 * tokens}) exceeds block_size {model.block_size}")
+    cond = _cond(model, batch)
+    short, long = paired_times(lambda: generate(model, cond, tokens), lambda: generate(model, cond, 2 * tokens),
+                               repeats, cond.device)
+    return {"T": tokens, "cached_T_s": short, "cached_2T_s": long, "two_T_over_T": long / short}
+
+
+def bench_all(repeats: int = 3, dim: int = 384, n_layer: int = 6, n_head: int = 6, vocab_size: int = 1024,
+              cfg_batch: int = 128, cfg_tokens: int = 8, kv_batch: int = 16, kv_tokens: int = 32,
+              device: str = "cpu") -> dict:
+    """All measurements on one random model, in one process (the shape benchmarks/run.py reads).
+
+    Guidance is timed at a large batch (the ratio is about rows per step, and at small batches a fixed per-step
+    cost - reading the weights, dispatch - hides the halving); the KV-cache comparisons at a small batch and a
+    longer sequence (they are about sequence length)."""
+    block = max(64, (int((2 * kv_tokens) ** 0.5 + 0.999)) ** 2)
+    model = bench_model(dim, n_layer, n_head, vocab_size, block).to(device)
+    with torch.inference_mode():
+        g = guidance_ratio(model, cfg_batch, cfg_tokens, repeats=repeats)
+        c = cache_ratio(model, kv_batch, kv_tokens, repeats=repeats)
+        n = length_ratio(model, kv_batch, kv_tokens, repeats=repeats)
+    config = {"dim": dim, "n_layer": n_layer, "n_head": n_head, "vocab_size": vocab_size, "device": device,
+              "threads": torch.get_num_threads(), "repeats": repeats, "timing": "best of repeats, interleaved",
+              "torch": torch.__version__}
+    return {"config": config,
+            "sampling": {"ratio": g["guidance_free_over_cfg"], "batch": cfg_batch, "tokens": cfg_tokens, **g},
+            "kv": {"cached_over_uncached": c["cached_over_uncached"], "twice_over_once": n["two_T_over_T"],
+                   "batch": kv_batch, **c, **n}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--n-layer", type=int, default=6)
+    p.add_argument("--n-head", type=int, default=6)
+    p.add_argument("--cfg-batch", type=int, default=128, help="rows for the guidance-free / CFG timing")
+    p.add_argument("--cfg-tokens", type=int, default=8)
+    p.add_argument("--kv-batch", type=int, default=16, help="rows for the KV-cache timings")
+    p.add_argument("--kv-tokens", type=int, default=32, help="T of the 2T / T and cached / uncached timings")
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = bench_all(args.repeats, args.dim, args.n_layer, args.n_head, args.vocab_size, args.cfg_batch,
+                    args.cfg_tokens, args.kv_batch, args.kv_tokens, args.device)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    g, c, length = res["sampling"], res["kv"], res["kv"]
+    print(f"guidance-free / CFG time: {g['guidance_free_over_cfg']:.3f} ({g['guidance_free_s']:.3f}s / "
+          f"{g['cfg_s']:.3f}s)")
+    print(f"cached / uncached time:   {c['cached_over_uncached']:.3f} ({c['cached_s']:.3f}s / {c['uncached_s']:.3f}s)")
+    print(f"2T / T cached time:       {length['two_T_over_T']:.3f} (T={length['T']}: {length['cached_T_s']:.3f}s, "
+          f"2T: {length['cached_2T_s']:.3f}s)")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Static-cache generation: equals the uncached recomputation, guidance-free runs B rows, no state change."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from LlamaGen import ModelArgs, Transformer, generate
+from LlamaGen.generate import generate_uncached
+
+
+def _model(**overrides) -> Transformer:
+    args = dict(dim=32, n_layer=2, n_head=4, n_kv_head=None, vocab_size=40, block_size=16, num_classes=6,
+                token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0, class_dropout_prob=0.0)
+    args.update(overrides)
+    torch.manual_seed(1)
+    model = Transformer(ModelArgs(**args))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.4)
+    return model.eval()
+
+
+@pytest.mark.parametrize("cfg_scale,cfg_interval,n_kv_head", [(1.0, -1, None), (3.0, -1, None), (2.5, 4, None),
+                                                               (3.0, -1, 2)])
+def test_cached_greedy_equals_uncached(cfg_scale, cfg_interval, n_kv_head):
+    model = _model(n_kv_head=n_kv_head)
+    cond = torch.tensor([0, 3, 5, 1])
+    logs_a, logs_b = [], []
+    a = generate(model, cond, 16, cfg_scale=cfg_scale, cfg_interval=cfg_interval, sample_logits=False,
+                 logits_hook=lambda i, lg: logs_a.append(lg))
+    b = generate_uncached(model, cond, 16, cfg_scale=cfg_scale, cfg_interval=cfg_interval, sample_logits=False,
+                          logits_hook=lambda i, lg: logs_b.append(lg))
+    assert a.shape == (4, 16) and a.dtype == torch.int64
+    assert torch.equal(a, b)
+    torch.testing.assert_close(torch.stack(logs_a), torch.stack(logs_b), atol=1e-4, rtol=1e-4)
+
+
+def test_top_k_one_sampling_equals_greedy():
+    model = _model()
+    cond = torch.tensor([2, 4])
+    greedy = generate(model, cond, 16, cfg_scale=2.0, sample_logits=False)
+    assert torch.equal(generate(model, cond, 16, cfg_scale=2.0, top_k=1), greedy)
+
+
+def test_guidance_free_runs_only_conditional_rows():
+    model = _model()
+    seen: list[int] = []
+    original = model.forward_cached
+
+    def counting(x, input_pos, cache):
+        seen.append(x.shape[0])
+        return original(x, input_pos, cache)
+
+    model.forward_cached = counting          # instance attribute: only this model is affected
+    cond = torch.tensor([1, 2, 3])
+    generate(model, cond, 16, cfg_scale=1.0)
+    assert seen == [3] * 16
+    seen.clear()
+    generate(model, cond, 16, cfg_scale=4.0)
+    assert seen == [6] * 16
+    seen.clear()
+    generate(model, cond, 16, cfg_scale=4.0, cfg_interval=2)   # guidance stops after decode step 2
+    assert seen == [6] * 4 + [3] * 12
+
+
+def test_generation_leaves_state_dict_unchanged():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    generate(model, torch.tensor([0, 1]), 16, cfg_scale=3.0, top_k=5, top_p=0.9, temperature=0.8)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    fresh = _model()
+    fresh.load_state_dict(after, strict=True)
+
+
+def test_sampling_is_seeded_and_respects_top_k():
+    model = _model()
+    cond = torch.tensor([0, 1, 2, 3])
+    a = generate(model, cond, 16, top_k=3, generator=torch.Generator().manual_seed(7))
+    b = generate(model, cond, 16, top_k=3, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    steps = []
+    generate(model, cond, 16, top_k=3, generator=torch.Generator().manual_seed(7),
+             logits_hook=lambda i, lg: steps.append(lg))
+    top3 = torch.stack(steps, dim=1).topk(3, dim=-1).indices                 # (B, 16, 3)
+    assert (top3 == a[..., None]).any(-1).all()
+
+
+def test_bad_inputs():
+    model = _model()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, torch.tensor([0]), 17)
+    with pytest.raises(ValueError, match="cond"):
+        generate(model, torch.tensor([[0]]), 4)
+    no_null = _model(null_class_row=False)
+    with pytest.raises(ValueError, match="unconditional"):
+        generate(no_null, torch.tensor([0]), 4, cfg_scale=2.0)
+    generate(no_null, torch.tensor([0]), 4, cfg_scale=1.0)
+
+
+def test_bf16_generation_runs():
+    model = _model().to(torch.bfloat16)
+    tokens = generate(model, torch.tensor([0, 1]), 16, cfg_scale=2.0, top_k=8)
+    assert tokens.shape == (2, 16) and 0 <= int(tokens.min()) and int(tokens.max()) < 40
+
+
+def test_benchmark_functions_report_ratios():
+    from benchmarks.bench_llamagen import bench_all, bench_model, length_ratio
+    res = bench_all(repeats=1, dim=32, n_layer=1, n_head=2, vocab_size=32, cfg_batch=2, cfg_tokens=4, kv_batch=2,
+                    kv_tokens=4)
+    for value in (res["sampling"]["ratio"], res["kv"]["cached_over_uncached"], res["kv"]["twice_over_once"]):
+        assert 0 < value < float("inf")
+    model = bench_model(dim=32, n_layer=1, n_head=2, vocab_size=32, block_size=16)
+    with pytest.raises(ValueError, match="block_size"):
+        length_ratio(model, batch=2, tokens=9, repeats=1)
