@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "class (keeps CFG usable); 0 for guidance-free only")
     g.add_argument("--dpr_ratio", type=float, default=1.0, help="drop-path rate relative to pretraining "
                    "(1.0: 0.1*depth/24; 0.0: none)")
-    g.add_argument("--ref_dropout", type=int, default=1, choices=(0, 1), help="run the reference with drop path "
-                   "as the policy (1, the original behaviour) or deterministically (0)")
+    g.add_argument("--ref_dropout", type=int, default=0, choices=(0, 1), help="run the frozen reference "
+                   "deterministically in eval mode (0, default) or with drop path like the policy (1, the original "
+                   "release's behaviour)")
     g = p.add_argument_group("model")
     g.add_argument("--depth", type=int, default=16, help="VAR depth (16, 20, 24, 30 released)")
     g.add_argument("--num_classes", type=int, default=1000, help="classes (= class folders in --data_path)")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from cca import dist as cdist
     from cca.checkpoint import CheckpointError, save_atomic
     from cca.trainer import Trainer, TrainConfig
-    from VAR.adapter import VARAdapter
+    from VAR.adapter import VAR_NO_DECAY_KEYS, VARAdapter
     from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
     from VAR.data import build_train_dataset
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=warmup_epochs * steps_per_epoch, final_lr_ratio=args.wpe,
         precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16], log_every=max(1, min(10, total_steps)),
         ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
-        extra={"cli": vars(args), "argv": sys.argv[1:]})
+        no_decay_keys=VAR_NO_DECAY_KEYS, extra={"cli": vars(args), "argv": sys.argv[1:]})
 
     def export(state_dict: dict, step: int, final: bool) -> None:
         save_atomic(state_dict, out_dir / "ar-ckpt-last.pth")

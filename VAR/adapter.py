@@ -28,3 +28,8 @@ class VARAdapter:
 
     def logits(self, model: nn.Module, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         return model(labels, inputs)                                                        # (N, L, V)
+
+
+# parameters the original VAR trainer exempted from weight decay (besides biases and other 1-D tensors)
+VAR_NO_DECAY_KEYS = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
+                     "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul")

@@ -36,15 +36,16 @@ def lr_wd_at(step: int, total_steps: int, *, schedule: str, lr: float, weight_de
 
 
 def build_adamw(model: nn.Module, *, lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8,
-                fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW with weight decay only on parameters of two or more dimensions (nanoGPT's rule).
+                fused: bool | None = None, no_decay_keys: tuple[str, ...] = ()) -> torch.optim.AdamW:
+    """AdamW with weight decay only on parameters of two or more dimensions (nanoGPT's rule), and never on
+    parameters whose name contains one of ``no_decay_keys`` (e.g. VAR's position embeddings and AdaLN gates).
 
     Each group carries ``wd_scale`` (1 or 0) so schedules can move the decay without touching the no-decay group.
     """
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (decay if p.dim() >= 2 and not any(k in name for k in no_decay_keys) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "wd_scale": 1.0},
               {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0}]
     if fused is None:

@@ -69,6 +69,7 @@ class TrainConfig:
     num_workers: int = 0
     find_unused_parameters: bool = False
     parallel: str = "ddp"                # ddp | fsdp (policy already sharded by the caller) | none
+    no_decay_keys: tuple[str, ...] = ()  # parameter-name parts exempt from weight decay (>=1-D rule aside)
     extra: dict = field(default_factory=dict)   # recorded in checkpoints (the CLI's flags)
 
     def validate(self) -> None:
@@ -117,7 +118,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(policy, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
         self.optimizer = build_adamw(policy, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                     eps=cfg.adam_eps)
+                                     eps=cfg.adam_eps, no_decay_keys=tuple(cfg.no_decay_keys))
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.cond_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
@@ -126,6 +127,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch, self.nonfinite_run = 0, 0, 0, 0
         self.log = logging.getLogger("cca")
         self.tb = None
+        self._file_log: logging.Handler | None = None
 
     # ------------------------------------------------------------------ one step
     def _autocast(self):
@@ -285,10 +287,10 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.log.setLevel(logging.INFO)
-        if not any(isinstance(h, logging.FileHandler) for h in self.log.handlers):
-            fh = logging.FileHandler(self.out_dir / "log.txt")
-            fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-            self.log.addHandler(fh)
+        if self._file_log is None:    # this run's own log file; removed again when fit() ends
+            self._file_log = logging.FileHandler(self.out_dir / "log.txt")
+            self._file_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            self.log.addHandler(self._file_log)
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(self.out_dir / "tb"))
@@ -296,6 +298,15 @@ class Trainer:
             self.log.warning("tensorboard logging off: %s", e)
 
     def fit(self, dataset: Dataset, collate_fn=None) -> dict[str, float]:
+        try:
+            return self._fit(dataset, collate_fn)
+        finally:
+            if self._file_log is not None:
+                self.log.removeHandler(self._file_log)
+                self._file_log.close()
+                self._file_log = None
+
+    def _fit(self, dataset: Dataset, collate_fn=None) -> dict[str, float]:
         cfg = self.cfg
         sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, rank=self.dist.rank,
                                         world=self.dist.world_size, seed=cfg.seed)

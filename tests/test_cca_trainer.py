@@ -149,3 +149,17 @@ def test_dist_fallback_single_process():
     assert (d.rank, d.world_size, d.device.type) == (0, 1, "cpu") and cdist.is_main()
     cdist.barrier()
     assert cdist.all_reduce_dict({"a": 1.5, "b": torch.tensor(2.0)}) == {"a": 1.5, "b": 2.0}
+
+
+def test_weight_decay_groups_and_per_run_logs(tmp_path):
+    policy, ref = _models()
+    tr = Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path / "a", max_steps=1, weight_decay=0.1,
+                                                      no_decay_keys=("cls_emb",)))
+    decayed = {id(p) for g in tr.optimizer.param_groups if g["wd_scale"] > 0 for p in g["params"]}
+    names = {n for n, p in policy.named_parameters() if id(p) in decayed}
+    assert names == {"tok_emb.weight", "fc.weight", "head.weight"}
+    tr.fit(ToyData(16))
+    policy2, ref2 = _models()
+    Trainer(policy2, ref2, ToyAdapter(NC, V), _cfg(tmp_path / "b", max_steps=1)).fit(ToyData(16))
+    a, b = (tmp_path / "a" / "log.txt").read_text(), (tmp_path / "b" / "log.txt").read_text()
+    assert a.count("training 1 steps") == 1 and b.count("training 1 steps") == 1
