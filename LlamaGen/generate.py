@@ -43,14 +43,57 @@ def _guided(logits: torch.Tensor, batch: int, cfg_scale: float) -> torch.Tensor:
     return guide(cond_logits, uncond_logits, cfg_scale)
 
 
+class GraphedDecodeStep:
+    """One decode step (R rows, one token, static KV cache) captured as a CUDA graph and replayed per token.
+
+    A decode step of a small GPT at moderate batch is a few hundred tiny kernels, so eager decoding is bound by
+    launch overhead and running 2B rows costs about as much as B: the saving of guidance-free sampling would not
+    show. Replaying a graph removes that overhead. Inputs live in static buffers (``token``, ``pos``); the cache is
+    written in place by the captured kernels.
+    """
+
+    def __init__(self, model: Transformer, cache: KVCache, rows: int, first_pos: int):
+        dev = cache.k.device
+        self.model, self.cache = model, cache
+        self.token = torch.zeros(rows, 1, dtype=torch.long, device=dev)               # (R, 1)
+        self.pos = torch.full((1,), first_pos, dtype=torch.long, device=dev)          # (1,)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):      # warm-up: writes position first_pos, which step one overwrites
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._step()                                                # (R, V)
+
+    def _step(self) -> torch.Tensor:
+        x = self.model.tok_embeddings(self.token)                                     # (R, 1, dim)
+        return self.model.forward_cached(x, self.pos, self.cache)[:, -1]
+
+    def __call__(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        self.token.copy_(token)
+        self.pos.fill_(pos)
+        self.graph.replay()
+        return self.logits
+
+
+def _use_graph(cuda_graph: Optional[bool], device: torch.device, switches_rows: bool) -> bool:
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
+    return bool(cuda_graph) and device.type == "cuda" and not switches_rows
+
+
 @torch.no_grad()
 def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
              cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              sample_logits: bool = True, *, generator: Optional[torch.Generator] = None,
-             logits_hook: Optional[LogitsHook] = None) -> torch.Tensor:
+             logits_hook: Optional[LogitsHook] = None, cuda_graph: Optional[bool] = None) -> torch.Tensor:
     """cond (B,) class indices -> (B, max_new_tokens) int64 image tokens in raster order.
 
     ``logits_hook(step, logits)`` sees the last-position (guided) logits handed to the sampler at every step.
+    ``cuda_graph`` (default: on for CUDA) replays the decode step as a CUDA graph (``GraphedDecodeStep``); it is
+    not used when ``cfg_interval`` changes the number of rows mid-way.
     """
     _check_inputs(model, cond, max_new_tokens, cfg_scale)
     B, device = cond.shape[0], cond.device
@@ -72,7 +115,20 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
     seq[:, 0] = token
 
     pos = torch.tensor([T], device=device)
+    switches = use_cfg and -1 < cfg_interval < max_new_tokens - 2
+    graphed = None
+    if max_new_tokens > 1 and _use_graph(cuda_graph, torch.device(device), switches):
+        graphed = GraphedDecodeStep(model, cache, rows.shape[0], T)
     for i in range(max_new_tokens - 1):
+        if graphed is not None:
+            x = token[:, None]
+            logits = graphed(torch.cat([x, x]) if use_cfg else x, T + i)                   # (R, V)
+            logits = _guided(logits, B, cfg_scale)
+            if logits_hook is not None:
+                logits_hook(i + 1, logits)
+            token = sample_next(logits, **sampling)
+            seq[:, i + 1] = token
+            continue
         if use_cfg and cfg_interval > -1 and i > cfg_interval and cache.k.shape[1] != B:
             cache = cache.first_rows(B)        # guidance is over: keep decoding the conditional rows only
         x = token[:, None]                                                      # (B, 1)
