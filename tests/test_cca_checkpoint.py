@@ -5,7 +5,6 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from safetensors.torch import save_file
 from torch import nn
 
 from cca.checkpoint import (CheckpointError, load_state_dict_file, load_strict, save_atomic,

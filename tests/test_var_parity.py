@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,7 +11,6 @@ from fixture_utils import FIXTURES, REPO, compare_with_expected, fixture_config
 from VAR.parity import PARITY
 
 
-@pytest.mark.parametrize("kind", ["var_vqvae", "var_transformer"])
 def test_fixture_parity(kind):
     fixture_dir = FIXTURES / kind
     config = fixture_config(fixture_dir)
