@@ -4,20 +4,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import torch
 from safetensors.torch import load_file
 
 from fixture_utils import FIXTURES, REPO, compare_with_expected, fixture_config
-from VAR.parity import PARITY
-
-
-def test_fixture_parity(kind):
-    fixture_dir = FIXTURES / kind
-    config = fixture_config(fixture_dir)
-    assert config["fixture"] == kind
-    with torch.no_grad():
-        produced = PARITY[kind](fixture_dir, config)
-    compare_with_expected(fixture_dir, produced)
 
 
 def test_every_cfg_of_the_fixture_is_checked():
