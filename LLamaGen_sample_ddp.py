@@ -12,7 +12,6 @@ cost of guided sampling: only the conditional rows run).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cca import dist as cdist
+from cca.checkpoint import check_writable_dir, require_checkpoint
 from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights, load_vq
 from LlamaGen.generate import generate
@@ -66,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     for flag, path in (("--vq-ckpt", args.vq_ckpt), ("--gpt-ckpt/--ckpt_path", args.gpt_ckpt)):
-        if not os.path.isfile(path):
-            raise SystemExit(f"{flag} {path}: file not found")
+        require_checkpoint(path, flag)
     if args.image_size <= 0 or args.image_size % args.downsample_size:
         raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
                          f"{args.downsample_size}")
@@ -89,11 +88,14 @@ def run_name(args: argparse.Namespace) -> str:
             f"seed-{args.global_seed}")
 
 
+@torch.no_grad()   # scoped: a caller's grad mode is back after main returns or raises (not a global switch)
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     check_args(args)
-    torch.set_grad_enabled(False)
     dist = cdist.init(args.device)
+    if dist.is_main:      # before any model is loaded
+        check_writable_dir(args.sample_dir, "--sample-dir")
+    cdist.barrier()
     device = dist.device
     dtype = PRECISIONS["bf16" if device.type == "cuda" else "none"] if args.precision == "auto" \
         else PRECISIONS[args.precision]

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation, null-class draws")
     g.add_argument("--exp_name", default="default", help="run folder name under --local_out_dir")
     g.add_argument("--local_out_dir", default="local_output", help="parent of the run folder")
+    g.add_argument("--ckpt_every", type=int, default=1000, help="optimizer steps between resumable checkpoints "
+                   "(resume.pt and ar-ckpt-last.pth); 0: only at the end")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue a run: a resume.pt path, or no value for <run folder>/resume.pt")
     return p
@@ -89,12 +91,15 @@ def check_args(args: argparse.Namespace, world: int) -> int:
             raise SystemExit(f"{flag}: must be a positive integer, got {value}")
     if not 0.0 <= args.uncond_ratio < 1.0:
         raise SystemExit(f"--uncond_ratio: must be in [0, 1), got {args.uncond_ratio}")
+    from cca.checkpoint import require_checkpoint
     from cca.loss import LOSS_TYPES
     if args.loss_type.lower() not in {t.lower() for t in LOSS_TYPES}:
         raise SystemExit(f"--loss_type: expected one of {', '.join(LOSS_TYPES)}, got {args.loss_type!r}")
     for flag, path in (("--ref_ckpt", args.ref_ckpt), ("--vae_ckpt", args.vae_ckpt)):
-        if not Path(path).is_file():
-            raise SystemExit(f"{flag}: {path} not found (expected a checkpoint file)")
+        require_checkpoint(path, flag)
+    if args.resume not in (None, "auto") and not Path(args.resume).is_file():
+        raise SystemExit(f"--resume: {args.resume} not found (expected the resume.pt of an earlier run, or no value "
+                         f"for <run folder>/resume.pt)")
     out = (Path(args.local_out_dir) / args.exp_name).absolute()
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=warmup_epochs * steps_per_epoch, final_lr_ratio=args.wpe,
         precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16], log_every=max(1, min(10, total_steps)),
         ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
+        ckpt_every=max(args.ckpt_every, 0),
         no_decay_keys=VAR_NO_DECAY_KEYS, extra={"cli": vars(args), "argv": sys.argv[1:]})
 
     def export(state_dict: dict, step: int, final: bool) -> None:

@@ -50,6 +50,7 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    from cca.checkpoint import require_checkpoint
     for flag, value in (("--depth", args.depth), ("--num_per_class", args.num_per_class),
                         ("--num_classes", args.num_classes), ("--batch_size", args.batch_size)):
         if value < 1:
@@ -57,8 +58,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.top_k < 0 or not 0.0 <= args.top_p <= 1.0:
         raise SystemExit(f"--top_k must be >= 0 and --top_p in [0, 1], got {args.top_k} / {args.top_p}")
     for flag, path in (("--ckpt_path", args.ckpt_path), ("--vae_ckpt", args.vae_ckpt)):
-        if not Path(path).is_file():
-            raise SystemExit(f"{flag}: {path} not found (expected a checkpoint file)")
+        require_checkpoint(path, flag)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,10 @@ def build_gpt(gpt_model: str, *, vocab_size: int, image_size: int, downsample_si
 def load_gpt_weights(model: Transformer, path: str, flag: str = "--gpt-ckpt") -> Transformer:
     """Strict load of a GPT checkpoint file into ``model`` (tensors assigned when the model is on 'meta')."""
     try:
-        sd = load_state_dict_file(path)
+        try:
+            sd = load_state_dict_file(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{flag}: {e}") from None
         on_meta = model.tok_embeddings.weight.is_meta
         load_strict(model, sd, source=f"{flag} {path}", hint=gpt_hint(model.num_classes), assign=on_meta)
     except CheckpointError as e:

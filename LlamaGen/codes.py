@@ -31,6 +31,15 @@ def _ids(folder: Path) -> set[int]:
     return out
 
 
+def load_npy(path: Path, source: str) -> np.ndarray:
+    """np.load without pickles; an unreadable file exits with one line naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise SystemExit(f"{source}: {path.parent.name}/{path.name} is not a readable .npy array "
+                         f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+
+
 class CodeDataset(Dataset):
     """Item i -> (codes (h*w,) int64, label () int64); one of the stored augmentations, drawn at random."""
 
@@ -54,10 +63,14 @@ class CodeDataset(Dataset):
         alt_codes, alt_labels = code_dirs(sibling, image_size, dataset)
         self.alt = (alt_codes, alt_labels) if "ten_crop" in str(code_path) and alt_codes.is_dir() and \
             alt_labels.is_dir() and sibling != Path(code_path) else None
-        first = self._load_codes(self.codes_dir, self.ids[0])
-        if first.shape[-1] != self.seq_len:
-            side = int(round(first.shape[-1] ** 0.5))
-            raise SystemExit(f"--code-path {code_path}: codes have {first.shape[-1]} tokens per image "
+        first = load_npy(self.codes_dir / f"{self.ids[0]}.npy", f"--code-path {code_path}")
+        if first.dtype.kind not in "iu":
+            raise SystemExit(f"--code-path {code_path}: {self.codes_dir.name}/{self.ids[0]}.npy holds {first.dtype}; "
+                             f"expected integer VQ codes")
+        tokens = first.shape[-1] if first.ndim else 0
+        if tokens != self.seq_len:
+            side = int(round(tokens ** 0.5))
+            raise SystemExit(f"--code-path {code_path}: codes have {tokens} tokens per image "
                              f"({side}x{side} grid), but --image-size {image_size} / --downsample-size "
                              f"{downsample_size} needs {self.seq_len}")
 

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from cca import dist as cdist
+from cca.checkpoint import check_writable_dir, require_checkpoint
 from LlamaGen.checkpoints import load_vq
 from LlamaGen.codes import code_dirs
 from LlamaGen.vq_model import VQ_models
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not os.path.isdir(args.data_path):
         raise SystemExit(f"--data-path {args.data_path}: folder not found")
-    if not os.path.isfile(args.vq_ckpt):
-        raise SystemExit(f"--vq-ckpt {args.vq_ckpt}: file not found")
+    require_checkpoint(args.vq_ckpt, "--vq-ckpt")
     if args.ten_crop and args.crop_range < 1.0:
         raise SystemExit(f"--crop-range must be >= 1 with --ten-crop, got {args.crop_range}")
     from torchvision.datasets import ImageFolder
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--image-size {args.image_size} is not a multiple of the tokenizer's {vq.downsample}")
     codes_dir, labels_dir = code_dirs(args.code_path, args.image_size, args.dataset)
     if dist.is_main:
+        check_writable_dir(args.code_path, "--code-path")
         codes_dir.mkdir(parents=True, exist_ok=True)
         labels_dir.mkdir(parents=True, exist_ok=True)
     cdist.barrier()

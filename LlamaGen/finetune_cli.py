@@ -14,16 +14,15 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cca import dist as cdist
-from cca.checkpoint import check_writable_dir, save_atomic
+from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
 from cca.loss import LOSS_TYPES
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
-from LlamaGen.codes import CodeDataset
+from LlamaGen.codes import CodeDataset, load_npy
 from LlamaGen.gpt import GPT_SIZES
 
 PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -100,8 +99,7 @@ def check_args(args: argparse.Namespace, world: int, fsdp: bool = False) -> None
         raise SystemExit("--ema is only supported by LlamaGen_finetune.py (DDP), not with FSDP")
     if args.loss_type.lower() not in {n.lower() for n in LOSS_TYPES}:
         raise SystemExit(f"--loss_type: unknown {args.loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
-    if not os.path.isfile(args.ref_ckpt):
-        raise SystemExit(f"--ref_ckpt {args.ref_ckpt}: file not found")
+    require_checkpoint(args.ref_ckpt, "--ref_ckpt")
     if args.image_size <= 0 or args.image_size % args.downsample_size:
         raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
                          f"{args.downsample_size}")
@@ -116,13 +114,18 @@ def check_args(args: argparse.Namespace, world: int, fsdp: bool = False) -> None
         raise SystemExit("--lr and --epochs must be positive")
 
 
-def check_codes(dataset: CodeDataset, vocab_size: int, code_path: str) -> None:
-    """The first few code files must hold indices inside the tokenizer's vocabulary."""
+def check_codes(dataset: CodeDataset, vocab_size: int, code_path: str, num_classes: int) -> None:
+    """The first few code / label files must be readable and hold codes inside the tokenizer's vocabulary and
+    labels inside [0, num_classes) (the trainer checks every later batch's labels too)."""
     for i in dataset.ids[:8]:
-        codes = np.load(dataset.codes_dir / f"{i}.npy")
+        codes, labels = (load_npy(folder / f"{i}.npy", f"--code-path {code_path}")
+                         for folder in (dataset.codes_dir, dataset.labels_dir))
         if codes.min() < 0 or codes.max() >= vocab_size:
             raise SystemExit(f"--code-path {code_path}: {dataset.codes_dir.name}/{i}.npy has code {int(codes.max())}"
                              f" outside [0, {vocab_size}); pass the tokenizer's --vocab-size")
+        if labels.size != 1 or not 0 <= int(labels.reshape(-1)[0]) < num_classes:
+            raise SystemExit(f"--code-path {code_path}: {dataset.labels_dir.name}/{i}.npy holds {labels.tolist()}; "
+                             f"expected one class label in [0, {num_classes}) (--num-classes)")
 
 
 def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | None]:
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     args = build_parser(fsdp).parse_args(argv)
     check_args(args, int(os.environ.get("WORLD_SIZE", "1")), fsdp)
     dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, args.dataset)
-    check_codes(dataset, args.vocab_size, args.code_path)
+    check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
     drop = dict(dropout_p=args.dropout_p, token_dropout_p=args.token_dropout_p,
                 drop_path_rate=args.drop_path_rate) if args.keep_dropout else {}
     policy = build_gpt(args.gpt_model, vocab_size=args.vocab_size, image_size=args.image_size,
@@ -207,5 +210,8 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
         log.info("saved %s%s", path, " (final)" if final else "")
 
     trainer = Trainer(policy, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist, export=export)
-    trainer.fit(dataset)
+    try:
+        trainer.fit(dataset)
+    except CheckpointError as e:      # --resume file unusable: one line, like every other bad input
+        raise SystemExit(str(e)) from None
     cdist.cleanup()

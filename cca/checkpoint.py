@@ -5,8 +5,10 @@ Loading never unpickles arbitrary objects: ``.pth`` / ``.pt`` go through ``torch
 """
 from __future__ import annotations
 
+import glob
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -56,9 +58,29 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
     return out
 
 
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A local path as is; ``hf://OWNER/REPO/FILE`` through huggingface_hub's cache (downloading only when online).
+
+    Offline or on any hub error: one CheckpointError line naming the address and the local alternative.
+    """
+    text = str(path)
+    if not text.startswith("hf://"):
+        return Path(path)
+    parts = text[len("hf://"):].split("/")
+    if len(parts) < 3:
+        raise CheckpointError(f"{text}: expected hf://OWNER/REPO/PATH/IN/REPO")
+    try:
+        from huggingface_hub import hf_hub_download
+        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{text}: could not fetch from the Hugging Face hub ({type(e).__name__}: "
+                              f"{first[:160]}); download the file and pass its local path instead") from None
+
+
 def load_file_raw(path: str | os.PathLike) -> Any:
     """Whatever a checkpoint file holds, loaded safely (tensors, dicts, lists, numbers, strings only)."""
-    path = Path(path)
+    path = resolve_path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -77,13 +99,31 @@ def load_file_raw(path: str | os.PathLike) -> Any:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused to load: the file holds pickled objects other than tensors, which "
-                              f"could run code ({first[:200]})") from None
+        reason = _unpickler_reason(str(e))
+        with open(path, "rb") as f:
+            is_pickle = f.read(1) == b"\x80"          # pickle's PROTO opcode: a real pickle, not a damaged file
+        if is_pickle or "global" in reason.lower():  # objects beyond tensors: unpickling them could run code
+            raise CheckpointError(f"{path}: refused to load: the file holds pickled objects other than tensors, "
+                                  f"which could run code ({reason[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt? {reason[:160]})") \
+            from None
     except Exception as e:  # any other failure of a torch checkpoint reader: unreadable file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt? {first[:200]})") \
             from None
+
+
+def _unpickler_reason(message: str) -> str:
+    """The one specific line of torch's weights-only refusal (its boilerplate suggests weights_only=False, which is
+    exactly what must not be done with an untrusted file)."""
+    for line in message.splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        if line and not line.startswith(("Weights only load failed", "(1)", "(2)", "Check the documentation",
+                                         "Please file an issue")):
+            return line.split(". Please use")[0]
+    return "unpickling refused"
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -124,6 +164,8 @@ def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source
 def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):   # left by a process killed mid-save
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -159,3 +201,17 @@ def check_writable_dir(path: str | os.PathLike, flag: str) -> Path:
     except OSError as e:
         raise SystemExit(f"{flag}: {path} is not a writable folder ({e.strerror or e})") from None
     return path
+
+
+def check_free_space(path: str | os.PathLike, need_bytes: int, what: str) -> None:
+    """Exit with one line when the file system of ``path`` has less than ``need_bytes`` free (before any work)."""
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise SystemExit(f"{path}: {free / 2**30:.2f} GiB free, but {what} needs about {need_bytes / 2**30:.2f} GiB; "
+                         f"free some space or choose another folder")
+
+
+def require_checkpoint(path: str | os.PathLike, flag: str) -> None:
+    """Up-front check of a checkpoint flag: a local file or an ``hf://`` address, else a one-line SystemExit."""
+    if not str(path).startswith("hf://") and not Path(path).is_file():
+        raise SystemExit(f"{flag} {path}: not found (expected a checkpoint file or hf://OWNER/REPO/FILE)")

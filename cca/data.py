@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -40,3 +40,25 @@ class ResumableBatchSampler(Sampler[list[int]]):
         for b in range(self.start_batch, self.batches_per_epoch):
             start = b * per_global + self.rank * self.batch_size
             yield order[start:start + self.batch_size]
+
+
+class SeededFetch(Dataset):
+    """``dataset`` with item i of epoch e fetched under the torch seed f(seed, e, i): its random augmentation is the
+    same in any data-loader worker, at any world size and after a resume. The caller's RNG is left untouched."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        items = []
+        with torch.random.fork_rng(devices=[]):
+            for i in indices:
+                torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i)) % 2**63)
+                items.append(self.dataset[i])
+        return items

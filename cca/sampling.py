@@ -70,11 +70,26 @@ class ShardedNpzWriter:
         self.shuffle_seed = shuffle_seed
         self.parts = self.out_dir / f"{name}.parts"
         self.npz_path = self.out_dir / f"{name}.npz"
-        self.parts.mkdir(parents=True, exist_ok=True)
+        self._check_labels()       # nothing is written before the first finished batch
+        self._recorded = False
         # every rank must split the same snapshot of what is done: take it, then wait for all ranks to have it
         self._done_at_start = self.done_indices()
         from cca import dist as cdist
         cdist.barrier()
+
+    def _check_labels(self) -> None:
+        """Finished batches only count for the same index -> class assignment, recorded as ``labels.npy`` in the
+        parts folder with the first batch: a folder made with other settings is refused, never silently mixed."""
+        record = self.parts / "labels.npy"
+        if record.is_file() and not np.array_equal(np.load(record), self.labels):
+            raise SystemExit(f"{self.parts} holds samples for another index -> class assignment (number of "
+                             f"samples or classes changed); remove it or choose another sample folder")
+
+    def _write_atomic(self, path: Path, arr: np.ndarray) -> None:
+        tmp = path.with_name(f"{path.name}.r{self.rank}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
 
     @property
     def num_samples(self) -> int:
@@ -102,12 +117,13 @@ class ShardedNpzWriter:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(indices):
             raise ValueError(f"save_batch: expected uint8 (b, H, W, 3) for {len(indices)} indices, "
                              f"got {images.dtype} {images.shape}")
+        if not self._recorded:
+            self.parts.mkdir(parents=True, exist_ok=True)
+            self._write_atomic(self.parts / "labels.npy", self.labels)     # same content from every rank
+            self._recorded = True
         stem = self.parts / f"r{self.rank}-{int(indices[0]):09d}-{len(indices)}"
         for suffix, arr in ((".img.npy", images), (".idx.npy", np.asarray(indices, dtype=np.int64))):
-            tmp = stem.with_name(stem.name + suffix + ".tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, stem.with_name(stem.name + suffix))
+            self._write_atomic(stem.with_name(stem.name + suffix), arr)
 
     def finalize(self) -> Path:
         """Assemble the npz (rank 0 only; call after every rank finished). Streams rows; memory stays bounded."""

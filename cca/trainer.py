@@ -23,9 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cca import dist as cdist
-from cca.checkpoint import CheckpointError, check_writable_dir, load_file_raw, save_atomic
+from cca.checkpoint import (CheckpointError, check_free_space, check_writable_dir, load_file_raw, load_strict,
+                            save_atomic)
 from cca.conditions import make_conditions
-from cca.data import ResumableBatchSampler
+from cca.data import ResumableBatchSampler, SeededFetch
 from cca.loss import compute_loss, sequence_logprob, _canonical
 from cca.schedule import apply_lr_wd, build_adamw, lr_wd_at
 
@@ -117,6 +118,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(policy, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
+        if self.dist.is_main:   # a full disk must stop the run now, not at its first checkpoint
+            check_free_space(self.out_dir, self._checkpoint_bytes(), "one checkpoint (resume.pt and the weights)")
         self.optimizer = build_adamw(policy, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                      eps=cfg.adam_eps, no_decay_keys=tuple(cfg.no_decay_keys))
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
@@ -128,6 +131,12 @@ class Trainer:
         self.log = logging.getLogger("cca")
         self.tb = None
         self._file_log: logging.Handler | None = None
+
+    def _checkpoint_bytes(self) -> int:
+        """Rough size of one save: resume.pt (weights + two AdamW moments, EMA) plus the exported weights."""
+        weights = sum(v.numel() * v.element_size() for v in self.policy.state_dict().values())
+        moments = sum(2 * p.numel() * 4 for p in self.policy.parameters() if p.requires_grad)
+        return 2 * weights + moments + (2 * weights if self.cfg.ema > 0 else 0)
 
     # ------------------------------------------------------------------ one step
     def _autocast(self):
@@ -197,15 +206,16 @@ class Trainer:
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
         sums["grad_norm"] = norm.detach().float()
-        finite = bool(torch.isfinite(norm))     # the one host sync per optimizer step (skip / abort decision)
+        # the one host sync per optimizer step (skip / abort decision): an infinite loss can have finite gradients
+        finite = bool(torch.isfinite(norm) & torch.isfinite(sums["loss"]))
         if finite:
             self.nonfinite_run = 0
             self.scaler.step(self.optimizer)
         else:
             self.nonfinite_run += 1
             if not self.scaler.is_enabled() or self.nonfinite_run > 3:
-                self.log.warning("step %d: non-finite gradient norm, step skipped (%d in a row)",
-                                 self.step, self.nonfinite_run)
+                self.log.warning("step %d: non-finite loss or gradient norm, step skipped (%d in a row)",
+                                 self.step + 1, self.nonfinite_run)
             if self.nonfinite_run >= cfg.max_nonfinite:
                 raise SystemExit(f"aborting: {self.nonfinite_run} consecutive non-finite steps (loss or gradients "
                                  f"are NaN/Inf; try a lower --lr or bf16); the last good checkpoint in "
@@ -268,7 +278,7 @@ class Trainer:
             set_model_state_dict(self.policy, state["model"], options=opts)
             set_optimizer_state_dict(self.policy, self.optimizer, state["optimizer"], options=opts)
         else:
-            self.policy.load_state_dict(state["model"], strict=True)
+            load_strict(self.policy, state["model"], source=f"{path}", ignore=())
             self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -335,12 +345,14 @@ class Trainer:
         acc: dict[str, torch.Tensor] = {}
         n_acc, last = 0, {}
         t0 = time.time()
+        fetch = SeededFetch(dataset, cfg.seed)    # augmentation draws independent of workers and resumes
         while self.step < total:
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(self.epoch)
             sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            fetch.epoch = self.epoch
             # its own generator: creating an iterator must not draw from the global RNG (exact resume)
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+            loader = DataLoader(fetch, batch_sampler=sampler, num_workers=cfg.num_workers,
                                 collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg.seed + self.epoch))
             for batch in loader:

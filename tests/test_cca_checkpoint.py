@@ -139,3 +139,14 @@ def test_two_process_gloo_all_reduce():
         assert p.exitcode == 0
     for rank, got, mx in res:
         assert got == {"x": 0.5, "y": 1.0} and mx == {"x": 1.0}
+
+
+def test_hub_address_fails_offline_with_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError) as e:
+        load_state_dict_file("hf://ChenDRAG/CCA_VAR/CCA_VAR_Guidance_Free/VAR_d16_CCA.pth")
+    msg = str(e.value)
+    assert "\n" not in msg and "local path" in msg and msg.startswith("hf://ChenDRAG/CCA_VAR")
+    with pytest.raises(CheckpointError, match="expected hf://OWNER/REPO"):
+        load_state_dict_file("hf://only/two")
