@@ -297,6 +297,10 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.log.setLevel(logging.INFO)
+        if not self.log.handlers and not logging.getLogger().handlers:   # console, unless the caller set one up
+            console = logging.StreamHandler()
+            console.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            self.log.addHandler(console)
         if self._file_log is None:    # this run's own log file; removed again when fit() ends
             self._file_log = logging.FileHandler(self.out_dir / "log.txt")
             self._file_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
