@@ -2,6 +2,7 @@
 PY ?= python3
 STAMPS := .make-stamps
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+export FASHION_MNIST_DIR
 export PYTHONUNBUFFERED := 1
 
 .PHONY: demo demo-quick test bench deps test-deps fashion-mnist gpu-check clean
@@ -31,7 +32,7 @@ demo-quick: deps fashion-mnist
 	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output_quick --quick
 
 # pytest's exit code 5 ("no tests collected") is a failure here, on purpose.
-test: test-deps
+test: test-deps fashion-mnist
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 

@@ -1,0 +1,107 @@
+"""Sizes and hyper-parameters of the miniature: the full run (``make demo``) and the ``--quick`` smoke run.
+
+Each family has its own section; a stage's cache key is the JSON of the sections it depends on, so changing a
+number here reruns exactly the stages it affects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 256
+    ch: int = 32                                   # GroupNorm(32) in both families: a multiple of 32
+    ch_mult: list[int] = field(default_factory=lambda: [1, 1, 1])   # 16 px -> 4 x 4 latents
+    num_res_blocks: int = 0
+    z_channels: int = 32                           # LlamaGen: encoder width; VAR: Cvae (code dimension)
+    patch_nums: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # VAR only
+    steps: int = 400
+    batch_size: int = 64
+    lr: float = 2e-3
+
+
+@dataclass
+class ARConfig:
+    dim: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    label_dropout: float = 0.1                     # the null class is learned (CFG needs it)
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 2e-3
+
+
+@dataclass
+class CCAConfig:
+    beta: float = 0.1
+    lambda_: float = 1.0
+    lr: float = 1e-4
+    epochs: float = 0.15                           # share of the train split seen once (<= 1 epoch)
+    batch_size: int = 64
+    uncond_ratio: float = 0.0
+
+
+@dataclass
+class FamilyConfig:
+    family: str
+    tokenizer: TokenizerConfig
+    ar: ARConfig
+    cca: CCAConfig
+    cfg_scales: list[float]                        # base + CFG sweep, in the family's own convention
+
+
+@dataclass
+class DemoConfig:
+    image_size: int = 16
+    train_images: int | None = None                # None: all 60,000
+    test_images: int | None = None                 # None: all 10,000 (the FID / precision-recall reference)
+    classifier_epochs: float = 1.0
+    per_class: int = 200                           # samples per class and variant
+    sample_batch: int = 500
+    timing_batch: int = 500                        # as sample_batch: timed as the samples were made
+    timing_rounds: int = 3
+    seed: int = 0
+    families: list[FamilyConfig] = field(default_factory=list)
+
+    def family(self, name: str) -> FamilyConfig:
+        for f in self.families:
+            if f.family == name:
+                return f
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def key_of(*parts) -> str:
+    """Short stable hash of JSON-able parts (dataclasses allowed)."""
+    blob = json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def full_config() -> DemoConfig:
+    # CCA settings from the sweeps in demo/TUNING.md: lambda 1 (the paper's 50-1000 collapse models this small),
+    # beta 0.1-0.3, lr 1e-4 for 0.15 epoch; VAR also trains the null class on 10 % of rows, as the paper does
+    llamagen = FamilyConfig("llamagen", TokenizerConfig(), ARConfig(),
+                            CCAConfig(beta=0.1, lambda_=1.0, lr=1e-4), cfg_scales=[1.5, 2.0, 3.0, 4.0])
+    var = FamilyConfig("var", TokenizerConfig(z_channels=16), ARConfig(),
+                       CCAConfig(beta=0.3, lambda_=1.0, lr=1e-4, uncond_ratio=0.1),
+                       cfg_scales=[0.5, 1.0, 2.0, 3.0, 4.0])
+    return DemoConfig(families=[llamagen, var])
+
+
+def quick_config() -> DemoConfig:
+    """About a minute: checks the pipeline end to end and the shape of its outputs, not the claim."""
+    tok = dict(steps=40, batch_size=32)
+    ar = dict(dim=64, n_layer=2, n_head=2, steps=60, batch_size=32)
+    cca = dict(epochs=0.5, batch_size=32)
+    llamagen = FamilyConfig("llamagen", TokenizerConfig(vocab_size=64, **tok), ARConfig(**ar), CCAConfig(**cca),
+                            cfg_scales=[2.0])
+    var = FamilyConfig("var", TokenizerConfig(vocab_size=64, z_channels=16, **tok), ARConfig(**ar),
+                       CCAConfig(**cca), cfg_scales=[1.0])
+    return DemoConfig(train_images=1000, test_images=500, classifier_epochs=4.0, per_class=5, sample_batch=50,
+                      timing_batch=20, timing_rounds=1, families=[llamagen, var])

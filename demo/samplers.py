@@ -1,0 +1,112 @@
+"""Sampling the variants to npz through the families' own samplers, and timing them.
+
+* LlamaGen: ``LlamaGen.generate.generate`` (static KV cache; ``cfg_scale`` 1 = guidance-free, only B rows run),
+  then the VQ decoder.
+* VAR: ``VAR.autoregressive_infer_cfg`` (``cfg`` 0 = guidance-free, only B rows run; otherwise the original's
+  linear ramp over scales).
+
+Samples go through ``cca.sampling.ShardedNpzWriter`` (the sample scripts' writer: resumable batches, one shuffled
+npz with ``arr_0`` uint8 (N, H, W, 3) and ``arr_1`` int64 labels). Pure sampling: temperature 1, no top-k / top-p.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
+from demo.tokenizers import llamagen_decode
+from LlamaGen.generate import generate as llamagen_generate
+from VAR.sampler import generate as var_generate
+
+SampleFn = Callable[[torch.Tensor, int], np.ndarray]   # (labels (B,), seed) -> uint8 (B, H, W, 3)
+
+
+@dataclass
+class Variant:
+    name: str          # e.g. "llamagen_base_cfg2.0"
+    family: str        # "llamagen" | "var"
+    model: str         # "base" | "cca"
+    guided: bool
+    cfg: float         # the family's own convention (LlamaGen: 1 = none; VAR: 0 = none)
+    sample: SampleFn
+    tokens: Callable[[torch.Tensor, int], object] | None = None   # the AR part alone (for the timing breakdown)
+
+
+def llamagen_sampler(gpt, vq, cfg_scale: float) -> tuple[SampleFn, Callable]:
+    """(images sampler, tokens-only sampler) with LlamaGen's cfg-scale."""
+    grid_tokens = gpt.block_size
+
+    def tokens(labels: torch.Tensor, seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return llamagen_generate(gpt, labels, grid_tokens, cfg_scale=cfg_scale, temperature=1.0, top_k=0,
+                                 top_p=1.0, generator=gen)                      # (B, L)
+
+    def run(labels: torch.Tensor, seed: int) -> np.ndarray:
+        return to_uint8_nhwc(llamagen_decode(vq, tokens(labels, seed)), value_range=(-1.0, 1.0))
+    return run, tokens
+
+
+def var_sampler(var, cfg: float) -> tuple[SampleFn, Callable]:
+    """(images sampler, tokens-only sampler: up to the final f_hat, before the VQVAE decoder) with VAR's cfg."""
+    def tokens(labels: torch.Tensor, seed: int) -> torch.Tensor:
+        return var_generate(var, len(labels), labels, g_seed=seed, cfg=cfg, top_k=0, top_p=0.0)
+
+    def run(labels: torch.Tensor, seed: int) -> np.ndarray:
+        images = var.autoregressive_infer_cfg(len(labels), label_B=labels, g_seed=seed, cfg=cfg, top_k=0,
+                                              top_p=0.0)                      # (B, 3, H, W) in [0, 1]
+        return to_uint8_nhwc(images, value_range=(0.0, 1.0))
+    return run, tokens
+
+
+def sample_to_npz(variant: Variant, out_dir: Path, *, per_class: int, num_classes: int = 10, batch_size: int = 500,
+                  seed: int = 0, progress: bool = True) -> dict:
+    """Writes ``out_dir/samples_<name>.npz``; returns {'path', 'seconds', 'count'} (resumes a killed run)."""
+    labels = balanced_labels(per_class * num_classes, num_classes, seed=seed)
+    writer = ShardedNpzWriter(out_dir, f"samples_{variant.name}", labels, batch_size=batch_size, shuffle_seed=seed)
+    seconds = 0.0
+    bar = tqdm(total=writer.num_pending(), desc=f"sample {variant.name}", disable=not progress, unit="img",
+               dynamic_ncols=True)
+    for indices in writer.pending_batches():
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            images = variant.sample(torch.from_numpy(labels[indices]), seed * 1_000_003 + int(indices[0]))
+        seconds += time.perf_counter() - t0
+        writer.save_batch(indices, images)
+        bar.update(len(indices))
+    bar.close()
+    path = writer.finalize()
+    shutil.rmtree(writer.parts, ignore_errors=True)
+    return {"path": str(path), "seconds": seconds, "count": int(len(labels))}
+
+
+def time_variants(variants: list[Variant], *, batch_size: int, rounds: int, num_classes: int = 10,
+                  progress: bool = True) -> dict[str, dict[str, float]]:
+    """Seconds per image of each sampler, whole (tokens and decoding) and tokens only: the fastest of ``rounds``
+    timed batches, the variants interleaved (round-robin, order rotated each round) so background load hits
+    them alike. One untimed warm-up each."""
+    labels = torch.arange(batch_size) % num_classes
+    jobs = [(v.name, "sec_per_image", v.sample) for v in variants]
+    jobs += [(v.name, "token_sec_per_image", v.tokens) for v in variants if v.tokens is not None]
+    best = {v.name: {} for v in variants}
+    with torch.inference_mode():
+        for _, _, fn in jobs:
+            fn(labels[:min(8, batch_size)], 0)
+    bar = tqdm(total=rounds * len(jobs), desc="timing samplers", disable=not progress, dynamic_ncols=True)
+    for r in range(rounds):
+        shift = r % len(jobs)
+        for name, what, fn in jobs[shift:] + jobs[:shift]:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                fn(labels, 1000 + r)
+            seconds = (time.perf_counter() - t0) / batch_size
+            best[name][what] = min(best[name].get(what, float("inf")), seconds)
+            bar.update(1)
+    bar.close()
+    return best

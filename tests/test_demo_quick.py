@@ -1,0 +1,129 @@
+"""`python3 -m demo --quick` end to end (both families), then the shape of everything it writes.
+
+The quick run checks that the pipeline works and its outputs are well-formed, not the paper's claim (that is the
+full `make demo`). Needs Fashion-MNIST (Debian's dataset-fashion-mnist, `make fashion-mnist`, or
+$FASHION_MNIST_DIR).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+VARIANT_KEYS = {"family", "model", "guided", "cfg", "fid", "accuracy", "precision", "recall", "sec_per_image",
+                "samples"}
+GUIDANCE_FREE = {"llamagen": 1.0, "var": 0.0}
+
+
+def run_demo(*args: str, timeout: float = 170) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "demo", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    if not any(DATA.glob("*train-images*")):
+        pytest.fail(f"Fashion-MNIST not found in {DATA}: run `make fashion-mnist` or set FASHION_MNIST_DIR")
+    out = tmp_path_factory.mktemp("demo_quick")
+    t0 = time.perf_counter()
+    proc = run_demo("--quick", "--data", str(DATA), "--out", str(out), "--threads", "1", "--no-progress")
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, seconds, proc
+
+
+def test_quick_run_is_quick(quick_run):
+    _, seconds, _ = quick_run
+    assert seconds < 180, f"--quick took {seconds:.0f}s (limit 3 min)"
+
+
+def test_metrics_json_schema(quick_run):
+    out, _, _ = quick_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"classifier_test_accuracy", "variants"}
+    assert 0.0 < metrics["classifier_test_accuracy"] <= 1.0
+    variants = metrics["variants"]
+    for family in ("llamagen", "var"):
+        mine = {k: v for k, v in variants.items() if v["family"] == family}
+        kinds = {(v["model"], v["guided"]) for v in mine.values()}
+        assert {("base", False), ("cca", False), ("base", True)} <= kinds, (family, kinds)
+    for name, v in variants.items():
+        assert set(v) == VARIANT_KEYS, (name, set(v) ^ VARIANT_KEYS)
+        assert v["family"] in GUIDANCE_FREE and v["model"] in ("base", "cca") and isinstance(v["guided"], bool)
+        assert v["samples"] == f"samples_{name}.npz"
+        if v["guided"]:
+            assert v["model"] == "base" and v["cfg"] != GUIDANCE_FREE[v["family"]]
+        else:
+            assert v["cfg"] == GUIDANCE_FREE[v["family"]]
+        for key in ("fid", "accuracy", "precision", "recall", "sec_per_image"):
+            assert isinstance(v[key], float) and math.isfinite(v[key]), (name, key, v[key])
+        assert v["fid"] >= 0 and v["sec_per_image"] > 0
+        for key in ("accuracy", "precision", "recall"):
+            assert 0.0 <= v[key] <= 1.0, (name, key, v[key])
+
+
+def test_sample_files(quick_run):
+    out, _, _ = quick_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name, v in metrics["variants"].items():
+        with np.load(out / v["samples"]) as d:
+            assert set(d.files) == {"arr_0", "arr_1"}
+            images, labels = d["arr_0"], d["arr_1"]
+        assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (16, 16, 3), images.shape
+        assert labels.dtype == np.int64 and labels.shape == (images.shape[0],)
+        counts = np.bincount(labels, minlength=10)
+        assert len(counts) == 10 and (counts == counts[0]).all() and counts[0] > 0, counts
+        assert not (np.diff(labels) >= 0).all(), "samples must be shuffled, not sorted by class"
+        assert images.std() > 0, f"{name}: blank images"
+    assert not list(out.glob("*.parts")), "sampling leftovers not cleaned up"
+
+
+def test_report_and_pngs(quick_run):
+    out, _, _ = quick_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = (out / "report.md").read_text()
+    assert "| variant |" in report and "## Targets" in report
+    pngs = [f"grid_{name}.png" for name in metrics["variants"]] + ["guidance_llamagen.png", "guidance_var.png"]
+    for png in pngs:
+        assert f"({png})" in report, png
+        with Image.open(out / png) as im:
+            im.load()
+            assert im.size[0] > 100 and im.size[1] > 100, (png, im.size)
+    for name in metrics["variants"]:
+        assert f"| {name} |" in report
+
+
+def test_rerun_uses_the_cache(quick_run):
+    out, _, _ = quick_run
+    before = (out / "metrics.json").read_text()
+    proc = run_demo("--quick", "--data", str(DATA), "--out", str(out), "--threads", "1", "--no-progress",
+                    timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ": running" not in proc.stdout, proc.stdout          # every stage was cached
+    assert "var_cca: cached" in proc.stdout
+    assert (out / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--data", "/nonexistent/fashion"], "--data"),
+    (["--set", "llamagen.cca.no_such_field=1"], "--set"),
+    (["--families", "llamagen,dit"], "--families"),
+    (["--sweep", "var.lambda_=ten"], "--sweep"),
+])
+def test_bad_input_fails_fast_with_one_line(tmp_path, args, names):
+    proc = run_demo("--quick", "--out", str(tmp_path / "o"), *args, timeout=60)
+    assert proc.returncode != 0
+    message = proc.stderr.strip().splitlines()
+    assert len(message) == 1 and names in message[0], proc.stderr
+    assert not (tmp_path / "o" / "cache").exists()
