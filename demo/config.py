@@ -85,11 +85,11 @@ def key_of(*parts) -> str:
 
 def full_config() -> DemoConfig:
     # CCA settings from the sweeps in demo/TUNING.md: lambda 1 (the paper's 50-1000 collapse models this small),
-    # beta 0.1-0.3, lr 1e-4 for 0.15 epoch; VAR also trains the null class on 10 % of rows, as the paper does
+    # beta 0.1, 0.15 epoch; VAR also trains the null class on 10 % of rows, as the paper does
     llamagen = FamilyConfig("llamagen", TokenizerConfig(), ARConfig(),
                             CCAConfig(beta=0.1, lambda_=1.0, lr=1e-4), cfg_scales=[1.5, 2.0, 3.0, 4.0])
     var = FamilyConfig("var", TokenizerConfig(z_channels=16), ARConfig(),
-                       CCAConfig(beta=0.3, lambda_=1.0, lr=1e-4, uncond_ratio=0.1),
+                       CCAConfig(beta=0.1, lambda_=1.0, lr=2e-4, uncond_ratio=0.1),
                        cfg_scales=[0.5, 1.0, 2.0, 3.0, 4.0])
     return DemoConfig(families=[llamagen, var])
 

@@ -32,6 +32,7 @@ def cca_finetune(base: nn.Module, adapter, dataset, cfg: CCAConfig, out_dir: Pat
     log = logging.getLogger("cca")
     propagate = log.propagate
     log.propagate = False          # the trainer logs to out_dir/log.txt; keep the console for progress bars
+    log.addHandler(logging.NullHandler())     # a handler is set up: the trainer adds no console handler
     try:
         last = trainer.fit(dataset)
     finally:
