@@ -8,11 +8,11 @@ export PYTHONUNBUFFERED := 1
 .PHONY: demo demo-quick test bench deps test-deps fashion-mnist gpu-check clean
 
 $(STAMPS)/deps: requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -qq --disable-pip-version-check -r requirements.txt
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/test-deps: $(STAMPS)/deps requirements-test.txt
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	$(PY) -m pip install -qq --disable-pip-version-check -r requirements-test.txt
 	@mkdir -p $(STAMPS) && touch $@
 
 deps: $(STAMPS)/deps
@@ -36,7 +36,7 @@ test: test-deps fashion-mnist
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
-bench: deps
+bench: test-deps
 	$(PY) benchmarks/run.py
 
 gpu-check:

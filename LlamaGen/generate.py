@@ -28,8 +28,8 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 
 
 
 def _check_inputs(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float) -> None:
-    if cond.dim() != 1:
-        raise ValueError(f"cond must be (B,) class indices, got shape {tuple(cond.shape)}")
+    if cond.dim() != 1 or cond.shape[0] == 0:
+        raise ValueError(f"cond must be (B,) class indices with B >= 1, got shape {tuple(cond.shape)}")
     if not 1 <= max_new_tokens <= model.block_size:
         raise ValueError(f"max_new_tokens must be in [1, {model.block_size}] (block_size), got {max_new_tokens}")
     if cfg_scale > 1.0 and not model.cls_embedding.has_null_row:
@@ -100,14 +100,17 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
     use_cfg = cfg_scale > 1.0
     rows = torch.cat([cond, torch.full_like(cond, model.num_classes)]) if use_cfg else cond   # (R,), R = B or 2B
     T = model.cls_token_num
-    cache = KVCache.for_model(model, rows.shape[0], T + max_new_tokens, device=device)
+    switches = use_cfg and -1 < cfg_interval < max_new_tokens - 2
+    use_graph = max_new_tokens > 1 and _use_graph(cuda_graph, torch.device(device), switches)
+    # the eager steps read only the filled prefix, so their cache needs no zeroing; the graph attends it all
+    cache = KVCache.for_model(model, rows.shape[0], T + max_new_tokens, device=device, zeroed=use_graph)
     seq = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, sample_logits=sample_logits,
                     generator=generator)
 
     # prefill: the class token(s) at positions [0, T)
     cond_emb = model.cls_embedding.embedding_table(rows).unsqueeze(1)          # (R, 1, dim)
-    logits = model.forward_cached(cond_emb, torch.arange(T, device=device), cache)[:, -1]   # (R, V)
+    logits = model.forward_cached(cond_emb, torch.arange(T, device=device), cache, kv_len=T)[:, -1]   # (R, V)
     logits = _guided(logits, B, cfg_scale)
     if logits_hook is not None:
         logits_hook(0, logits)
@@ -115,10 +118,7 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
     seq[:, 0] = token
 
     pos = torch.tensor([T], device=device)
-    switches = use_cfg and -1 < cfg_interval < max_new_tokens - 2
-    graphed = None
-    if max_new_tokens > 1 and _use_graph(cuda_graph, torch.device(device), switches):
-        graphed = GraphedDecodeStep(model, cache, rows.shape[0], T)
+    graphed = GraphedDecodeStep(model, cache, rows.shape[0], T) if use_graph else None
     for i in range(max_new_tokens - 1):
         if graphed is not None:
             x = token[:, None]
@@ -134,7 +134,7 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
         x = token[:, None]                                                      # (B, 1)
         if cache.k.shape[1] != B:
             x = torch.cat([x, x])                                               # (2B, 1)
-        logits = model.forward_cached(model.tok_embeddings(x), pos, cache)[:, -1]   # (R, V)
+        logits = model.forward_cached(model.tok_embeddings(x), pos, cache, kv_len=T + i + 1)[:, -1]   # (R, V)
         logits = _guided(logits, B, cfg_scale)
         if logits_hook is not None:
             logits_hook(i + 1, logits)

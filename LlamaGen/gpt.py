@@ -76,16 +76,19 @@ class KVCache:
     """Preallocated keys/values of every layer for ``batch`` rows and ``max_len`` positions (not a module)."""
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
+                 dtype: torch.dtype, device: torch.device | str, zeroed: bool = True):
         shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
+        make = torch.zeros if zeroed else torch.empty   # unzeroed: only for callers that never read past kv_len
+        self.k = make(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
+        self.v = make(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
 
     @classmethod
-    def for_model(cls, model: "Transformer", batch: int, max_len: int, dtype=None, device=None) -> "KVCache":
+    def for_model(cls, model: "Transformer", batch: int, max_len: int, dtype=None, device=None,
+                  zeroed: bool = True) -> "KVCache":
         a = model.config
         w = model.tok_embeddings.weight
-        return cls(a.n_layer, batch, a.n_kv_head or a.n_head, max_len, a.head_dim, dtype or w.dtype, device or w.device)
+        return cls(a.n_layer, batch, a.n_kv_head or a.n_head, max_len, a.head_dim, dtype or w.dtype,
+                   device or w.device, zeroed)
 
     @property
     def max_len(self) -> int:
@@ -141,12 +144,13 @@ def precompute_freqs_cis_2d(grid_size: int, head_dim: int, base: float = 10000, 
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """x (B, S, H, D), freqs (S, D//2, 2) -> rotated x (B, S, H, D), computed in float32."""
-    xp = x.float().reshape(*x.shape[:-1], -1, 2)                           # (B, S, H, D//2, 2)
-    f = freqs.view(1, xp.size(1), 1, xp.size(3), 2)                        # (1, S, 1, D//2, 2)
-    out = torch.stack([xp[..., 0] * f[..., 0] - xp[..., 1] * f[..., 1],
-                       xp[..., 1] * f[..., 0] + xp[..., 0] * f[..., 1]], dim=-1)
-    return out.flatten(3).type_as(x)
+    """x (B, S, H, D), freqs (S, D//2, 2) cos/sin -> rotated x (B, S, H, D), computed in float32.
+
+    Each adjacent pair (x[2i], x[2i+1]) is one complex number multiplied by cos + i·sin of its angle: a single
+    complex product instead of a handful of strided real ones (it matters in small decode steps)."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))       # (B, S, H, D//2) complex64
+    turn = torch.view_as_complex(freqs.float().contiguous())[None, :, None]      # (1, S, 1, D//2)
+    return torch.view_as_real(pairs * turn).flatten(3).type_as(x)
 
 
 class Attention(nn.Module):
@@ -162,7 +166,10 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+                input_pos: Optional[torch.Tensor] = None, kv_len: Optional[int] = None) -> torch.Tensor:
+        """With a cache: ``kv_len`` (the filled length after this write, a Python int) attends over that prefix
+        only, unmasked for one new token; without it every cache position is attended under a mask (the static
+        shapes a CUDA graph needs)."""
         B, S, _ = x.shape
         kv_size = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
@@ -174,13 +181,20 @@ class Attention(nn.Module):
             k_cache, v_cache = kv                                                # (B, Hkv, S_max, D)
             k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
             v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
-            k, v = k_cache, v_cache
-            key_pos = torch.arange(k_cache.shape[2], device=x.device)
-            mask = key_pos[None, :] <= input_pos[:, None]                        # (S, S_max) bool
+            if kv_len is None:
+                k, v = k_cache, v_cache
+                key_pos = torch.arange(k_cache.shape[2], device=x.device)
+                mask = key_pos[None, :] <= input_pos[:, None]                    # (S, S_max) bool
+            else:
+                k, v = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]           # (B, Hkv, kv_len, D)
+                if S > 1 and S != kv_len:   # a chunk after earlier positions: causal within, all before
+                    key_pos = torch.arange(kv_len, device=x.device)
+                    mask = key_pos[None, :] <= input_pos[:, None]                # (S, kv_len) bool
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)        # (B, H, S_k, D)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             is_causal=mask is None and S > 1,
                                              dropout_p=self.attn_dropout_p if self.training else 0.0)  # (B, H, S, D)
         out = out.transpose(1, 2).contiguous().view(B, S, self.dim)
         return self.resid_dropout(self.wo(out))                                  # (B, S, dim)
@@ -209,8 +223,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv=None, input_pos=None) -> torch.Tensor:
-        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, kv, input_pos))
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv=None, input_pos=None, kv_len=None) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, kv, input_pos, kv_len))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))          # (B, S, dim)
 
 
@@ -298,12 +312,15 @@ class Transformer(nn.Module):
                 loss = ce
         return logits, loss
 
-    def forward_cached(self, x: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """x (B, S, dim) embeddings at positions ``input_pos`` (S,) -> logits (B, S, V); updates ``cache``."""
+    def forward_cached(self, x: torch.Tensor, input_pos: torch.Tensor, cache: KVCache,
+                       kv_len: Optional[int] = None) -> torch.Tensor:
+        """x (B, S, dim) embeddings at positions ``input_pos`` (S,) -> logits (B, S, V); updates ``cache``.
+        ``kv_len`` = input_pos[-1] + 1 as a Python int lets attention read only the filled prefix (eager decoding);
+        None attends the whole cache under a mask (static shapes, for CUDA graphs; needs a zeroed cache)."""
         h = self.tok_dropout(x)
         freqs = self.rope(input_pos, h.device)
         for i, layer in enumerate(self.layers):
-            h = layer(h, freqs, (cache.k[i], cache.v[i]), input_pos)
+            h = layer(h, freqs, (cache.k[i], cache.v[i]), input_pos, kv_len)
         return self._head(h)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from common import child_peak_mb, measure_peak_mb, median_time  # noqa: E402
+from common import child_peak_mb, measure_peak_mb, paired_times  # noqa: E402
 
 from cca.loss import sequence_logprob  # noqa: E402
 
@@ -51,10 +51,9 @@ def bench_logprob(repeats: int = 5) -> dict:
             fn(logits, targets).sum().backward()
         return run
 
-    t_ours = median_time(step(sequence_logprob), repeats)
-    t_naive = median_time(step(_naive), repeats)
+    r = paired_times(step(sequence_logprob), step(_naive), repeats, warmup=2)
     m_ours, m_naive = child_peak_mb("bench_core", "ours"), child_peak_mb("bench_core", "naive")
-    return {"logprob_time_ratio": t_ours / t_naive, "logprob_peak_mem_ratio": m_ours / max(m_naive, 1e-9),
+    return {"logprob_time_ratio": r["ratio"], "logprob_peak_mem_ratio": m_ours / max(m_naive, 1e-9),
             "logprob_peak_mb_ours": m_ours, "logprob_peak_mb_naive": m_naive, "shape": list(LOGPROB_SHAPE)}
 
 
@@ -97,9 +96,9 @@ def bench_train_step(make_case, repeats: int = 5, tmp_dir: str = "/tmp/cca-bench
     tr = _trainer(policy, adapter, tmp_dir)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     policy.train()
-    t_cca = median_time(lambda: tr.train_step(batch), repeats)
-    t_plain = median_time(lambda: plain_step(policy, opt, adapter, batch), repeats)
-    return {"cca_over_plain_time": t_cca / t_plain, "cca_step_s": t_cca, "plain_step_s": t_plain}
+    r = paired_times(lambda: tr.train_step(batch), lambda: plain_step(policy, opt, adapter, batch), repeats,
+                     warmup=2)
+    return {"cca_over_plain_time": r["ratio"], "cca_step_s": r["a_s"], "plain_step_s": r["b_s"]}
 
 
 def train_memory_case(make_case, case: str, tmp_dir: str = "/tmp/cca-bench") -> float:

@@ -1,6 +1,6 @@
 """LlamaGen generation timings on a random-weight GPT (CPU by default), measured in one run.
 
-    python benchmarks/bench_llamagen.py            # dim 384, 6 layers; CFG at 128 rows, KV cache at 16 rows x 32
+    python benchmarks/bench_llamagen.py            # dim 384, 6 layers; CFG at 1024 rows, KV cache at 16 rows x 32
     python benchmarks/bench_llamagen.py --dim 64 --n-layer 2 --cfg-batch 4 --kv-tokens 8 --json
 
 Reports three ratios:
@@ -15,17 +15,16 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import torch
 
-from LlamaGen.generate import generate, generate_uncached
-from LlamaGen.gpt import ModelArgs, Transformer
+from common import paired_times  # noqa: E402
+from LlamaGen.generate import generate, generate_uncached  # noqa: E402
+from LlamaGen.gpt import ModelArgs, Transformer  # noqa: E402
 
 
 def bench_model(dim: int = 384, n_layer: int = 6, n_head: int = 6, vocab_size: int = 1024, block_size: int = 64,
@@ -40,25 +39,10 @@ def bench_model(dim: int = 384, n_layer: int = 6, n_head: int = 6, vocab_size: i
     return model.eval()
 
 
-def _sync(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def paired_times(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 3,
-                 device: torch.device | None = None) -> tuple[float, float]:
-    """Best wall time (seconds) of ``fn_a`` and of ``fn_b`` after a warm-up of each; the runs alternate
-    (a, b, a, b, ...) so that load from other processes hits both alike."""
-    best = [float("inf"), float("inf")]
-    for r in range(repeats + 1):
-        for j, fn in enumerate((fn_a, fn_b)):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            if r > 0:
-                best[j] = min(best[j], time.perf_counter() - t0)
-    return best[0], best[1]
+def _paired(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int,
+            device: torch.device | None) -> dict:
+    sync = (lambda: torch.cuda.synchronize(device)) if device is not None and device.type == "cuda" else None
+    return paired_times(fn_a, fn_b, repeats, sync=sync)
 
 
 def _cond(model: Transformer, batch: int) -> torch.Tensor:
@@ -67,46 +51,60 @@ def _cond(model: Transformer, batch: int) -> torch.Tensor:
 
 def guidance_ratio(model: Transformer, batch: int, tokens: int, cfg_scale: float = 4.0, repeats: int = 3) -> dict:
     cond = _cond(model, batch)
-    free, guided = paired_times(lambda: generate(model, cond, tokens, cfg_scale=1.0),
-                                lambda: generate(model, cond, tokens, cfg_scale=cfg_scale), repeats, cond.device)
-    return {"guidance_free_s": free, "cfg_s": guided, "guidance_free_over_cfg": free / guided}
+    r = _paired(lambda: generate(model, cond, tokens, cfg_scale=1.0),
+                lambda: generate(model, cond, tokens, cfg_scale=cfg_scale), repeats, cond.device)
+    return {"guidance_free_s": r["a_s"], "cfg_s": r["b_s"], "guidance_free_over_cfg": r["ratio"]}
+
+
+def fixed_cost(model: Transformer, small: int, large: int, tokens: int, repeats: int = 3) -> dict:
+    """Fit time(R rows) = F + s * R from guidance-free runs at two batch sizes: F is the per-call cost that does
+    not grow with rows (reading the weights every step, dispatch), s the cost per row. Guidance-free / CFG at B rows
+    is then about (F + sB) / (F + 2sB), which reaches 0.52 only once B >= 12 F / s."""
+    a, b = _cond(model, small), _cond(model, large)
+    r = _paired(lambda: generate(model, a, tokens), lambda: generate(model, b, tokens), repeats, a.device)
+    per_row = (r["b_s"] - r["a_s"]) / (large - small)
+    fixed = max(r["a_s"] - per_row * small, 0.0)
+    return {"fixed_s": fixed, "per_row_s": per_row, "fixed_in_rows": fixed / per_row if per_row > 0 else None,
+            "fit_batches": [small, large]}
 
 
 def cache_ratio(model: Transformer, batch: int, tokens: int, repeats: int = 3) -> dict:
     cond = _cond(model, batch)
-    cached, uncached = paired_times(lambda: generate(model, cond, tokens),
-                                    lambda: generate_uncached(model, cond, tokens), repeats, cond.device)
-    return {"cached_s": cached, "uncached_s": uncached, "cached_over_uncached": cached / uncached}
+    r = _paired(lambda: generate(model, cond, tokens), lambda: generate_uncached(model, cond, tokens), repeats,
+                cond.device)
+    return {"cached_s": r["a_s"], "uncached_s": r["b_s"], "cached_over_uncached": r["ratio"]}
 
 
 def length_ratio(model: Transformer, batch: int, tokens: int, repeats: int = 3) -> dict:
     if 2 * tokens > model.block_size:
         raise ValueError(f"2 x tokens ({2 * tokens}) exceeds block_size {model.block_size}")
     cond = _cond(model, batch)
-    short, long = paired_times(lambda: generate(model, cond, tokens), lambda: generate(model, cond, 2 * tokens),
-                               repeats, cond.device)
-    return {"T": tokens, "cached_T_s": short, "cached_2T_s": long, "two_T_over_T": long / short}
+    r = _paired(lambda: generate(model, cond, 2 * tokens), lambda: generate(model, cond, tokens), repeats,
+                cond.device)
+    return {"T": tokens, "cached_T_s": r["b_s"], "cached_2T_s": r["a_s"], "two_T_over_T": r["ratio"]}
 
 
 def bench_all(repeats: int = 3, dim: int = 384, n_layer: int = 6, n_head: int = 6, vocab_size: int = 1024,
-              cfg_batch: int = 128, cfg_tokens: int = 8, kv_batch: int = 16, kv_tokens: int = 32,
+              cfg_batch: int = 1024, cfg_tokens: int = 8, kv_batch: int = 16, kv_tokens: int = 32,
               device: str = "cpu") -> dict:
     """All measurements on one random model, in one process (the shape benchmarks/run.py reads).
 
     Guidance is timed at a large batch (the ratio is about rows per step, and at small batches a fixed per-step
-    cost - reading the weights, dispatch - hides the halving); the KV-cache comparisons at a small batch and a
-    longer sequence (they are about sequence length)."""
+    cost - reading the weights, dispatch - hides the halving; ``fixed_cost`` measures that cost); the KV-cache
+    comparisons at a small batch and a longer sequence (they are about sequence length)."""
     block = max(64, (int((2 * kv_tokens) ** 0.5 + 0.999)) ** 2)
     model = bench_model(dim, n_layer, n_head, vocab_size, block).to(device)
     with torch.inference_mode():
         g = guidance_ratio(model, cfg_batch, cfg_tokens, repeats=repeats)
+        small = max(cfg_batch // 16, 1)
+        f = fixed_cost(model, small, max(cfg_batch // 4, small + 1), cfg_tokens, repeats=repeats)
         c = cache_ratio(model, kv_batch, kv_tokens, repeats=repeats)
         n = length_ratio(model, kv_batch, kv_tokens, repeats=repeats)
     config = {"dim": dim, "n_layer": n_layer, "n_head": n_head, "vocab_size": vocab_size, "device": device,
-              "threads": torch.get_num_threads(), "repeats": repeats, "timing": "best of repeats, interleaved",
+              "threads": torch.get_num_threads(), "repeats": repeats, "timing": "medians of interleaved rounds",
               "torch": torch.__version__}
     return {"config": config,
-            "sampling": {"ratio": g["guidance_free_over_cfg"], "batch": cfg_batch, "tokens": cfg_tokens, **g},
+            "sampling": {"ratio": g["guidance_free_over_cfg"], "batch": cfg_batch, "tokens": cfg_tokens, **g, **f},
             "kv": {"cached_over_uncached": c["cached_over_uncached"], "twice_over_once": n["two_T_over_T"],
                    "batch": kv_batch, **c, **n}}
 
@@ -116,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--n-layer", type=int, default=6)
     p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--cfg-batch", type=int, default=128, help="rows for the guidance-free / CFG timing")
+    p.add_argument("--cfg-batch", type=int, default=1024, help="rows for the guidance-free / CFG timing")
     p.add_argument("--cfg-tokens", type=int, default=8)
     p.add_argument("--kv-batch", type=int, default=16, help="rows for the KV-cache timings")
     p.add_argument("--kv-tokens", type=int, default=32, help="T of the 2T / T and cached / uncached timings")

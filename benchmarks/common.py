@@ -13,16 +13,23 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` untimed runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def paired_times(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 5, warmup: int = 1,
+                 sync: Callable[[], object] | None = None) -> dict:
+    """Times ``fn_a`` and ``fn_b`` alternately (a, b, a, b, ...) after ``warmup`` untimed rounds, so that drifting
+    load from other processes hits both alike. Returns the median seconds of each and the median of the per-round
+    ratios a/b (steadier than a ratio of medians on a shared machine)."""
+    sync = sync or (lambda: None)
+    a_s, b_s = [], []
+    for r in range(warmup + repeats):
+        for fn, out in ((fn_a, a_s), (fn_b, b_s)):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if r >= warmup:
+                out.append(time.perf_counter() - t0)
+    return {"a_s": statistics.median(a_s), "b_s": statistics.median(b_s),
+            "ratio": statistics.median(a / b for a, b in zip(a_s, b_s))}
 
 
 def _status_kb(field: str) -> int:

@@ -92,7 +92,7 @@ def _get(d, path):
 def _optional(name: str, fn):
     try:
         return fn()
-    except Exception as e:  # a missing optional piece is reported in the table, not fatal
+    except (Exception, SystemExit) as e:  # a missing optional piece is reported in the table, not fatal
         return {"error": f"{type(e).__name__}: {e}"[:300]}
 
 

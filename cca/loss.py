@@ -80,6 +80,12 @@ def _canonical(loss_type: str) -> str:
     raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)} (case-insensitive)")
 
 
+def is_separable(loss_type: str) -> bool:
+    """True when the loss is a sum of a term of the positive rows and a term of the negative rows (CCA and
+    unlearning, masked or not), so their gradients can be computed in two separate passes; DPO couples them."""
+    return _canonical(loss_type) != "DPO"
+
+
 def _nll_sigmoid(z: torch.Tensor) -> torch.Tensor:   # -log sigmoid(z)
     return -F.logsigmoid(z)
 

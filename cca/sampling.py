@@ -13,29 +13,41 @@ import torch
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
     """Copy of ``logits`` (..., V) with -inf outside the top-k and outside the nucleus of mass ``top_p``.
 
-    top_k <= 0 or >= V: no top-k; top_p <= 0 or >= 1: no nucleus. The most likely token is always kept.
+    top_k <= 0 or >= V: no top-k; top_p <= 0 or >= 1: no nucleus. The most likely token is always kept, and so is
+    every token tied with the smallest kept logit (as the original's ``logits < kth`` comparison does). With a
+    top-k the nucleus is found among the k sorted values only: no sort over the whole vocabulary.
     """
     out = logits.clone()
     V = out.shape[-1]
+    nucleus = 0.0 < top_p < 1.0
     if 0 < top_k < V:
-        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]          # (..., 1)
-        out.masked_fill_(out < kth, float("-inf"))
-    if 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cum - sorted_logits.softmax(dim=-1) >= top_p       # mass before this token already >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        out.masked_fill_(drop, float("-inf"))
+        ranked = torch.topk(out, top_k, dim=-1).values                # (..., k), descending
+        out.masked_fill_(out < ranked[..., -1:], float("-inf"))
+    elif nucleus:
+        ranked = torch.sort(out, dim=-1, descending=True).values       # (..., V)
+    if nucleus:
+        lse = torch.logsumexp(out.float(), dim=-1, keepdim=True)       # mass of everything still kept
+        p = (ranked.float() - lse).exp()                              # (..., k) probabilities, descending
+        before = p.cumsum(dim=-1) - p                                 # mass of the better-ranked tokens
+        kept = ranked.masked_fill(before >= top_p, float("inf"))     # drop once top_p is already covered
+        out.masked_fill_(out < kept.amin(dim=-1, keepdim=True), float("-inf"))
     return out
 
 
 def sample_from_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 0.0, temperature: float = 1.0,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row: (B, V) logits -> (B,) int64, without host syncs."""
+    """One token per row: (B, V) logits -> (B,) int64, without host syncs.
+
+    Draws by inverting the cumulative distribution with one uniform number per row (``torch.multinomial`` draws
+    V exponential numbers per row, which dominates a small model's sampling step on the CPU)."""
     if temperature != 1.0:
         logits = logits / max(temperature, 1e-5)
-    probs = filter_logits(logits, top_k, top_p).float().softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    probs = filter_logits(logits, top_k, top_p).float().softmax(dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)                                          # (B, V), nondecreasing
+    total = cdf[:, -1:]                                                 # (B, 1), 1 up to rounding
+    u = torch.rand(total.shape, generator=generator, device=total.device, dtype=total.dtype) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))   # u < total: a token of mass > 0
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)          # first token whose cdf exceeds u
 
 
 def guide(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:

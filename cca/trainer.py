@@ -27,7 +27,7 @@ from cca.checkpoint import (CheckpointError, check_free_space, check_writable_di
                             save_atomic)
 from cca.conditions import make_conditions
 from cca.data import ResumableBatchSampler, SeededFetch
-from cca.loss import compute_loss, sequence_logprob, _canonical
+from cca.loss import _canonical, compute_loss, is_separable, sequence_logprob
 from cca.schedule import apply_lr_wd, build_adamw, lr_wd_at
 
 
@@ -64,6 +64,7 @@ class TrainConfig:
     ckpt_every: int = 0                  # optimizer steps between resumable checkpoints; 0: only at the end
     ema: float = 0.0                     # EMA decay; 0: off
     ref_train_mode: bool = False         # run the reference with dropout (the original LlamaGen behaviour)
+    split_halves: bool = True            # CCA / unlearning: positive then negative half, each forward+backward
     seed: int = 0
     resume: str | None = None            # None, "auto" (out_dir/resume.pt if present) or a path
     max_nonfinite: int = 20              # abort after this many consecutive skipped (non-finite) steps
@@ -155,22 +156,49 @@ class Trainer:
             self.model.set_requires_gradient_sync(False)
         return contextlib.nullcontext()
 
-    def _micro_step(self, cond, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def _policy_logp(self, labels: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            logits = self.adapter.logits(self.model, labels, inputs)                 # (n, L, V)
+        return sequence_logprob(logits, targets)                                      # (n,)
+
+    def _micro_step(self, cond, inputs: torch.Tensor, targets: torch.Tensor, accum: int,
+                    last: bool) -> tuple[torch.Tensor, dict]:
+        """Forward and backward of one micro-batch of b images (2b rows: matched and mismatched labels); returns
+        the loss (before the 1/accum scaling) and its metrics."""
         b = targets.shape[0]
         labels2 = torch.cat([cond.pos, cond.neg]).to(self.device)                   # (2b,)
         inputs2 = torch.cat([inputs, inputs])                                        # (2b, ...)
         targets2 = torch.cat([targets, targets])                                     # (2b, L)
-        with self._autocast():
-            logits = self.adapter.logits(self.model, labels2, inputs2)               # (2b, L, V)
-        logp = sequence_logprob(logits, targets2)                                    # (2b,)
+        # the reference first: its temporaries are freed before the policy's activations exist
         with torch.inference_mode(), self._autocast():
             ref_logits = self.adapter.logits(self.reference, labels2, inputs2)
             ref_logp = sequence_logprob(ref_logits, targets2)
+            del ref_logits
         ref_logp = ref_logp.clone()      # a normal tensor, usable next to autograd tensors
         mask = None if cond.neg_is_positive is None else cond.neg_is_positive.to(self.device)
-        loss, metrics = compute_loss(self.cfg.loss_type, logp[:b], ref_logp[:b], logp[b:], ref_logp[b:],
-                                     beta=self.cfg.beta, lambda_=self.cfg.lambda_, neg_is_positive=mask,
-                                     null_rows=cond.null_rows if mask is not None else None)
+
+        def loss_of(logp_pos, logp_neg):
+            return compute_loss(self.cfg.loss_type, logp_pos, ref_logp[:b], logp_neg, ref_logp[b:],
+                                beta=self.cfg.beta, lambda_=self.cfg.lambda_, neg_is_positive=mask,
+                                null_rows=cond.null_rows if mask is not None else None)
+
+        if not (self.cfg.split_halves and is_separable(self.cfg.loss_type)):
+            with self._sync(last):
+                logp = self._policy_logp(labels2, inputs2, targets2)                  # (2b,)
+                loss, metrics = loss_of(logp[:b], logp[b:])
+                self.scaler.scale(loss / accum).backward()
+            return loss, metrics
+        # the loss is a positive-row term plus a negative-row term: the halves run forward and backward one after
+        # the other (same FLOPs, activations of b rows instead of 2b). In the first pass logp_neg is the
+        # reference's own (a constant), so only the positive term has a gradient; in the second the positive
+        # log-probs are detached and the full loss value comes out for the metrics.
+        with self._sync(False):
+            logp_pos = self._policy_logp(labels2[:b], inputs, targets)                # (b,)
+            self.scaler.scale(loss_of(logp_pos, ref_logp[b:])[0] / accum).backward()
+        with self._sync(last):
+            logp_neg = self._policy_logp(labels2[b:], inputs, targets)                # (b,)
+            loss, metrics = loss_of(logp_pos.detach(), logp_neg)
+            self.scaler.scale(loss / accum).backward()
         return loss, metrics
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -191,9 +219,7 @@ class Trainer:
         for j in range(cfg.grad_accum):
             rows = slice(j * mb, (j + 1) * mb)
             last = j == cfg.grad_accum - 1
-            with self._sync(last):
-                loss, metrics = self._micro_step(cond.select(rows), inputs[rows], targets[rows])
-                self.scaler.scale(loss / cfg.grad_accum).backward()
+            loss, metrics = self._micro_step(cond.select(rows), inputs[rows], targets[rows], cfg.grad_accum, last)
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 if k == "delta_neg_null":
                     continue

@@ -27,6 +27,39 @@ def test_sampling_is_seeded_and_respects_top1():
     assert torch.equal(sample_from_logits(logits, top_k=1), logits.argmax(-1))
 
 
+def _filter_by_full_sort(logits, top_k, top_p):
+    """The original's recipe (top-k by the k-th value, then a full sort for the nucleus), for comparison."""
+    out = logits.clone()
+    if top_k > 0:
+        out[out < torch.topk(out, top_k, dim=-1).values[..., -1:]] = float("-inf")
+    if 0 < top_p < 1:
+        srt, order = torch.sort(out, dim=-1, descending=True)
+        cum = srt.softmax(-1).cumsum(-1)
+        drop = cum - srt.softmax(-1) >= top_p
+        out[torch.zeros_like(drop).scatter(-1, order, drop)] = float("-inf")
+    return out
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (50, 0.0), (50, 0.95), (7, 0.5), (300, 0.3), (1, 0.9)])
+def test_filter_logits_matches_full_sort_recipe(top_k, top_p):
+    logits = torch.randn(64, 300, generator=torch.Generator().manual_seed(top_k)) * 3
+    assert torch.equal(torch.isinf(filter_logits(logits, top_k, top_p)),
+                       torch.isinf(_filter_by_full_sort(logits, top_k, top_p)))
+
+
+def test_inverse_cdf_draw_follows_the_distribution():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.log().expand(40000, -1)
+    draws = sample_from_logits(logits, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).double() / len(draws)
+    assert freq[1] == 0 and freq[5] == 0                       # zero-mass tokens, first and last, never drawn
+    assert torch.allclose(freq, probs.double(), atol=0.01)
+    # the largest uniform number still lands on a token of positive mass (not the trailing -inf one)
+    import unittest.mock as mock
+    with mock.patch("torch.rand", lambda *a, **k: torch.full(a[0], 1 - 2 ** -24, dtype=k.get("dtype"))):
+        assert sample_from_logits(logits[:3]).tolist() == [4, 4, 4]
+
+
 def test_guide_internal_form():
     c, u = torch.tensor([2.0]), torch.tensor([1.0])
     assert guide(c, u, 1.0).item() == 2.0 and guide(c, u, 3.0).item() == 4.0 and guide(c, u, 0.0).item() == 1.0

@@ -86,6 +86,29 @@ def test_micro_batches_run_2b_rows_and_reference_in_eval_mode(tmp_path):
     assert modes == [True]
 
 
+@pytest.mark.parametrize("loss_type,uncond_ratio", [("CCA", 0.0), ("CCA", 0.4), ("unlearning", 0.4), ("DPO", 0.0)])
+def test_split_halves_give_the_joint_pass_update(tmp_path, loss_type, uncond_ratio):
+    """The positive and negative halves run one after the other (separable losses) and land on the parameters
+    and metrics of the single 2B-row pass; DPO, which couples the halves, always takes the joint pass."""
+    results = []
+    for split in (True, False):
+        policy, ref = _models()
+        rows = []
+        policy.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+        tr = Trainer(policy, ref, ToyAdapter(NC, V),
+                     _cfg(tmp_path / str(split), loss_type=loss_type, uncond_ratio=uncond_ratio, grad_accum=2,
+                          max_steps=2, lambda_=2.0, split_halves=split))
+        last = tr.fit(ToyData(32))
+        results.append((policy.state_dict(), last, rows))
+    (split_sd, split_last, split_rows), (joint_sd, joint_last, joint_rows) = results
+    assert joint_rows == [8] * 4                                   # 2 steps x 2 micro-batches of 2 x 4 rows
+    assert split_rows == ([8] * 4 if loss_type == "DPO" else [4] * 8)
+    for k in joint_sd:
+        torch.testing.assert_close(split_sd[k], joint_sd[k], atol=1e-6, rtol=1e-6)
+    for k in ("loss", "pref_acc"):
+        assert abs(split_last[k] - joint_last[k]) < 1e-5, k
+
+
 def test_resume_is_bit_identical(tmp_path):
     data = ToyData(48)
     kw = dict(epochs=2.0, uncond_ratio=0.25, max_grad_norm=0.5, schedule="var", warmup_steps=2)

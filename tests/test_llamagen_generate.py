@@ -34,6 +34,36 @@ def test_cached_greedy_equals_uncached(cfg_scale, cfg_interval, n_kv_head):
     torch.testing.assert_close(torch.stack(logs_a), torch.stack(logs_b), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("n_kv_head", [None, 2])
+def test_masked_whole_cache_equals_filled_prefix(n_kv_head):
+    """The CUDA-graph form (whole zeroed cache under a mask) and the eager form (only the filled prefix of an
+    unzeroed cache, here poisoned with NaN to prove nothing past it is read) give the same logits at every step."""
+    from LlamaGen.gpt import KVCache
+    model = _model(n_kv_head=n_kv_head)
+    codes = torch.randint(40, (3, 15), generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([0, 4, 6])
+    masked = KVCache.for_model(model, 3, 16)
+    prefix = KVCache.for_model(model, 3, 16, zeroed=False)
+    prefix.k.fill_(float("nan")), prefix.v.fill_(float("nan"))
+    with torch.no_grad():
+        emb = model.cls_embedding.embedding_table(rows)[:, None]                    # (3, 1, dim)
+        a = model.forward_cached(emb, torch.arange(1), masked)
+        b = model.forward_cached(emb, torch.arange(1), prefix, kv_len=1)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        chunk = model.tok_embeddings(codes[:, :5])                                  # a 5-token chunk after it
+        a = model.forward_cached(chunk, torch.arange(1, 6), masked)
+        b = model.forward_cached(chunk, torch.arange(1, 6), prefix, kv_len=6)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for t in range(5, 15):                                                      # then one token at a time
+            x = model.tok_embeddings(codes[:, t:t + 1])
+            a = model.forward_cached(x, torch.tensor([t + 1]), masked)
+            b = model.forward_cached(x, torch.tensor([t + 1]), prefix, kv_len=t + 2)
+            assert torch.isfinite(b).all()
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        full, _ = model(codes, rows)                                                # teacher forcing agrees
+        torch.testing.assert_close(full[:, -1], b[:, -1], atol=1e-4, rtol=1e-4)
+
+
 def test_top_k_one_sampling_equals_greedy():
     model = _model()
     cond = torch.tensor([2, 4])
@@ -46,9 +76,9 @@ def test_guidance_free_runs_only_conditional_rows():
     seen: list[int] = []
     original = model.forward_cached
 
-    def counting(x, input_pos, cache):
+    def counting(x, input_pos, cache, kv_len=None):
         seen.append(x.shape[0])
-        return original(x, input_pos, cache)
+        return original(x, input_pos, cache, kv_len)
 
     model.forward_cached = counting          # instance attribute: only this model is affected
     cond = torch.tensor([1, 2, 3])
