@@ -9,12 +9,14 @@ Two explicit paths, whatever the train/eval mode (the mode only switches dropout
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from cca.checkpoint import dataclass_from_dict
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -50,11 +52,7 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelArgs":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ModelArgs: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
     @property
     def head_dim(self) -> int:

@@ -9,12 +9,14 @@ Module and parameter names follow the released ``vq_ds16_c2i.pt`` exactly (see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from cca.checkpoint import dataclass_from_dict
 
 CODEBOOK_USAGE_WINDOW = 65536   # length of the released checkpoints' ``quantize.codebook_used`` buffer
 
@@ -37,15 +39,11 @@ class VQModelArgs:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQModelArgs":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"VQModelArgs: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
+    return F.silu(x)      # x * sigmoid(x) as one fused kernel
 
 
 def make_norm(channels: int, norm_type: str = "group") -> nn.Module:

@@ -195,7 +195,7 @@ def llamagen_sampling():
         out["cfg_images_per_s"] = NB / (out["graph_tokens_cfg_s"] + dec)
         out["free_over_cfg_time"] = (out["graph_tokens_free_s"] + dec) / (out["graph_tokens_cfg_s"] + dec)
     try:   # torch.compile of the decode step, eager launch (no graph), for comparison
-        model.forward_cached = torch.compile(model.forward_cached, dynamic=False)
+        model.forward_cached = torch.compile(model.forward_cached)   # kv_len varies: compiled dynamic after one recompile
         with torch.no_grad():
             t0 = time.perf_counter()
             generate(model, labels, 576, cfg_scale=1.0, cuda_graph=False)

@@ -215,3 +215,14 @@ def require_checkpoint(path: str | os.PathLike, flag: str) -> None:
     """Up-front check of a checkpoint flag: a local file or an ``hf://`` address, else a one-line SystemExit."""
     if not str(path).startswith("hf://") and not Path(path).is_file():
         raise SystemExit(f"{flag} {path}: not found (expected a checkpoint file or hf://OWNER/REPO/FILE)")
+
+
+def dataclass_from_dict(cls, d: dict):
+    """``cls(**d)`` for a dataclass, refusing keys it has no field for (a config saved by another version or
+    model kind) with one line that names them."""
+    import dataclasses
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)

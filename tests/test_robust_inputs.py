@@ -24,13 +24,7 @@ from LlamaGen import extract_codes_c2i, finetune_cli
 from toy import ToyAdapter, ToyAR, ToyData
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is many times faster than two on a shared, busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: see conftest.one_thread
 
 
 def one_line_exit(fn, *args) -> str:
