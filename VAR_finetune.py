@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--wp", type=float, default=0.0, help="warmup epochs (0: ep/50)")
     g.add_argument("--wpe", type=float, default=0.01, help="final learning-rate ratio")
     g.add_argument("--fp16", type=int, default=0, choices=(0, 1, 2), help="0: fp32, 1: fp16, 2: bf16 autocast")
+    g.add_argument("--joint_halves", type=flag_bool, default=False,
+                   help="CCA/unlearning: matched and mismatched rows in one 2B pass (more activation memory) "
+                        "instead of one after the other")
     g = p.add_argument_group("data and run")
     g.add_argument("--data_path", required=True, help="ImageNet-style folder: <class>/<image> (or train/<class>/...)")
     g.add_argument("--hflip", type=flag_bool, default=False, help="random horizontal flips (1/0, true/false)")
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup_steps=warmup_epochs * steps_per_epoch, final_lr_ratio=args.wpe,
         precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16], log_every=max(1, min(10, total_steps)),
         ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
-        ckpt_every=max(args.ckpt_every, 0),
+        ckpt_every=max(args.ckpt_every, 0), split_halves=not args.joint_halves,
         no_decay_keys=VAR_NO_DECAY_KEYS, extra={"cli": vars(args), "argv": sys.argv[1:]})
 
     def export(state_dict: dict, step: int, final: bool) -> None:

@@ -80,6 +80,9 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
                    help="'auto' (latest run of this --expid/--gpt-model with resume.pt), a run folder, or resume.pt")
     t.add_argument("--no-local-save", action="store_true", help="write no checkpoints/<step>.pt weight files")
     t.add_argument("--no-compile", action="store_true", help="do not torch.compile the blocks (never on CPU)")
+    t.add_argument("--joint-halves", action="store_true",
+                   help="CCA/unlearning: run matched and mismatched rows in one 2B pass (more activation memory, "
+                        "one all-gather per FSDP forward) instead of one after the other")
     if fsdp:
         t.add_argument("--mixed-precision", choices=["none", "fp32", "tf32", "fp16", "bf16"], default="bf16",
                        help="FSDP parameter dtype in forward/backward")
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
                       max_steps=args.max_steps or None, precision=precision, log_every=args.log_every,
                       ckpt_every=args.ckpt_every, ema=0.9999 if args.ema else 0.0,
                       ref_train_mode=args.ref_train_mode, seed=args.global_seed, resume=resume,
-                      num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp", extra=vars(args))
+                      num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp",
+                      split_halves=not args.joint_halves, extra=vars(args))
     trainer: Trainer | None = None
 
     def export(state_dict: dict, step: int, final: bool) -> None:

@@ -63,7 +63,7 @@ class DemoConfig:
     per_class: int = 500                           # samples per class and variant (FID noise at 2,000 was ~1)
     sample_batch: int = 500
     timing_batch: int = 500                        # as sample_batch: timed as the samples were made
-    timing_rounds: int = 3
+    timing_rounds: int = 5
     seed: int = 0
     families: list[FamilyConfig] = field(default_factory=list)
 

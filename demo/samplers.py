@@ -42,7 +42,9 @@ class Variant:
 def llamagen_sampler(gpt, vq, cfg_scale: float) -> tuple[SampleFn, Callable]:
     """(images sampler, tokens-only sampler) with LlamaGen's cfg-scale."""
     grid_tokens = gpt.block_size
-    vq.to(memory_format=torch.channels_last)     # CPU convolutions: no layout copies around each conv
+    # CPU: channels-last saves the layout copies around each convolution (0.37 -> 0.27 ms per image here); VAR's
+    # decoder, whose GroupNorms are slower in that layout, gains nothing from it and stays as it is
+    vq.to(memory_format=torch.channels_last)
 
     def tokens(labels: torch.Tensor, seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
@@ -56,7 +58,6 @@ def llamagen_sampler(gpt, vq, cfg_scale: float) -> tuple[SampleFn, Callable]:
 
 def var_sampler(var, cfg: float) -> tuple[SampleFn, Callable]:
     """(images sampler, tokens-only sampler: up to the final f_hat, before the VQVAE decoder) with VAR's cfg."""
-    var.vae_proxy[0].to(memory_format=torch.channels_last)     # CPU convolutions: no layout copies
     def tokens(labels: torch.Tensor, seed: int) -> torch.Tensor:
         return var_generate(var, len(labels), labels, g_seed=seed, cfg=cfg, top_k=0, top_p=0.0)
 
