@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from cca import dist as cdist
 from cca.checkpoint import check_writable_dir, require_checkpoint
+from cca.compiling import compile_blocks
 from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights, load_vq
 from LlamaGen.generate import generate
@@ -108,8 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     load_gpt_weights(gpt, args.gpt_ckpt, flag="--gpt-ckpt/--ckpt_path")
     gpt = gpt.to(device=device, dtype=dtype).eval()
     if args.compile or (args.compile is None and device.type == "cuda"):
-        for block in gpt.layers:
-            block.compile()
+        compile_blocks(gpt.layers, device)
 
     latent = args.image_size // args.downsample_size
     name = run_name(args)

@@ -18,6 +18,7 @@ import torch
 
 from cca import dist as cdist
 from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
+from cca.compiling import compile_blocks
 from cca.loss import LOSS_TYPES
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
@@ -181,8 +182,7 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
         log.warning("--ref-train-mode without --keep_dropout: the reference has no dropout to apply")
     policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
     if dist.device.type == "cuda" and not args.no_compile:
-        for block in list(policy.layers) + list(reference.layers):
-            block.compile()                                       # in place: state-dict keys stay unprefixed
+        compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
     if dist.is_main:
         log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,
                  f"{sum(p.numel() for p in policy.parameters()):,}", len(dataset), folder)
