@@ -141,14 +141,27 @@ def precompute_freqs_cis_2d(grid_size: int, head_dim: int, base: float = 10000, 
     return torch.cat([zeros, table])                                      # (T + grid**2, head_dim//2, 2)
 
 
-def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """x (B, S, H, D), freqs (S, D//2, 2) cos/sin -> rotated x (B, S, H, D), computed in float32.
-
-    Each adjacent pair (x[2i], x[2i+1]) is one complex number multiplied by cos + i·sin of its angle: a single
-    complex product instead of a handful of strided real ones (it matters in small decode steps)."""
+def rope_complex(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Each adjacent pair (x[2i], x[2i+1]) as one complex number times cos + i·sin of its angle: a single kernel
+    in eager mode, where a handful of strided real products would each cost a dispatch."""
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))       # (B, S, H, D//2) complex64
     turn = torch.view_as_complex(freqs.float().contiguous())[None, :, None]      # (1, S, 1, D//2)
     return torch.view_as_real(pairs * turn).flatten(3).type_as(x)
+
+
+def rope_real(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """The same rotation in real arithmetic, (a, b) -> (a·cos - b·sin, b·cos + a·sin): what torch.compile fuses
+    into one kernel (inductor generates no code for complex tensors)."""
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)                            # (B, S, H, D//2) each
+    cos, sin = freqs.float()[None, :, None].unbind(-1)                           # (1, S, 1, D//2) each
+    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(3).type_as(x)
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """x (B, S, H, D), freqs (S, D//2, 2) cos/sin -> rotated x (B, S, H, D), computed in float32."""
+    if torch.compiler.is_compiling():
+        return rope_real(x, freqs)
+    return rope_complex(x, freqs)
 
 
 class Attention(nn.Module):

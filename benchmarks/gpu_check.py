@@ -88,22 +88,34 @@ class Prepared:
         return self.inner.logits(model, labels, inputs)
 
 
+def _cca_step(make, B, split_halves=True):
+    policy, adapter, batch = make(B)
+    adapter = Prepared(adapter, batch)
+    ref = copy.deepcopy(policy)          # fp32 weights; both passes run under bf16 autocast
+    tr = Trainer(policy, ref, adapter, TrainConfig(out_dir="/tmp/gpu-check", batch_size=B, lr=1e-6,
+                                                   uncond_ratio=0.1, precision="bf16", split_halves=split_halves))
+    empty_cache()
+    sec = timed(lambda: tr.train_step(None), repeats=3)
+    return {"batch": B, "images_per_s": B / sec, "step_s": sec, "peak_gib": peak_gib()}
+
+
 def cca_step_rate(make, batches):
-    """Largest batch of ``batches`` whose CCA step fits: images/s and peak GiB."""
+    """Largest batch of ``batches`` whose CCA step fits (halves one after the other, the default): images/s and
+    peak GiB; then the single 2B-row pass at that batch, for comparison."""
     for B in batches:
         try:
-            policy, adapter, batch = make(B)
-            adapter = Prepared(adapter, batch)
-            ref = copy.deepcopy(policy)          # fp32 weights; both passes run under bf16 autocast
-            tr = Trainer(policy, ref, adapter, TrainConfig(out_dir="/tmp/gpu-check", batch_size=B, lr=1e-6,
-                                                           uncond_ratio=0.1, precision="bf16"))
-            empty_cache()
-            sec = timed(lambda: tr.train_step(None), repeats=3)
-            return {"batch": B, "images_per_s": B / sec, "step_s": sec, "peak_gib": peak_gib()}
+            out = _cca_step(make, B)
         except torch.OutOfMemoryError:
-            policy = adapter = batch = tr = ref = None
-            empty_cache()
+            out = None
+        empty_cache()                    # outside the except block: the failed attempt's tensors are gone
+        if out is None:
             continue
+        try:
+            out["joint_pass"] = _cca_step(make, B, split_halves=False)
+        except torch.OutOfMemoryError:
+            out["joint_pass"] = {"batch": B, "error": "out of memory"}
+        empty_cache()
+        return out
     return {"error": f"no batch of {batches} fits"}
 
 
@@ -148,12 +160,12 @@ def env():
 
 @section("var_cca_step")
 def var_cca():
-    return cca_step_rate(var_make, (2,) if SMOKE else (48, 32, 16))
+    return cca_step_rate(var_make, (2,) if SMOKE else (72, 48, 32, 16))
 
 
 @section("llamagen_cca_step")
 def llamagen_cca():
-    return cca_step_rate(llamagen_make, (2,) if SMOKE else (64, 32, 16))
+    return cca_step_rate(llamagen_make, (2,) if SMOKE else (96, 64, 32, 16))
 
 
 @section("var_sampling")
@@ -226,7 +238,7 @@ def main():
     for k, v in RES.items():
         print(f"| {k} | " + ", ".join(f"{a}={b:.3g}" if isinstance(b, float) else f"{a}={b}"
                                      for a, b in v.items()) + " |")
-    out = HERE / "results-gpu.json"
+    out = Path("/tmp/gpu-check-smoke.json") if SMOKE else HERE / "results-gpu.json"   # a smoke run keeps the record
     out.write_text(json.dumps(RES, indent=1, default=str))
     print(f"wrote {out}")
 

@@ -143,3 +143,14 @@ def test_benchmark_functions_report_ratios():
     model = bench_model(dim=32, n_layer=1, n_head=2, vocab_size=32, block_size=16)
     with pytest.raises(ValueError, match="block_size"):
         length_ratio(model, batch=2, tokens=9, repeats=1)
+
+
+def test_rope_forms_agree():
+    """Eager mode rotates with one complex product, compiled code with the real form inductor can fuse."""
+    from LlamaGen.gpt import precompute_freqs_cis_2d, rope_complex, rope_real
+    freqs = precompute_freqs_cis_2d(4, 16)[:9]                                    # (9, 8, 2)
+    x = torch.randn(3, 9, 2, 16, generator=torch.Generator().manual_seed(0))
+    a, b = rope_complex(x, freqs), rope_real(x, freqs)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a[:, 1:].norm(dim=-1), x[:, 1:].norm(dim=-1), atol=1e-5, rtol=1e-5)  # rotations
+    assert not a[:, 0].any()          # the class token's table row is all zeros, as in the original
