@@ -192,15 +192,10 @@ class Attention(nn.Module):
             k_cache, v_cache = kv                                                # (B, Hkv, S_max, D)
             k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
             v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
-            if kv_len is None:
-                k, v = k_cache, v_cache
-                key_pos = torch.arange(k_cache.shape[2], device=x.device)
-                mask = key_pos[None, :] <= input_pos[:, None]                    # (S, S_max) bool
-            else:
-                k, v = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]           # (B, Hkv, kv_len, D)
-                if S > 1 and S != kv_len:   # a chunk after earlier positions: causal within, all before
-                    key_pos = torch.arange(kv_len, device=x.device)
-                    mask = key_pos[None, :] <= input_pos[:, None]                # (S, kv_len) bool
+            n = k_cache.shape[2] if kv_len is None else kv_len
+            k, v = k_cache[:, :, :n], v_cache[:, :, :n]                          # (B, Hkv, n, D)
+            if kv_len is None or (S > 1 and S != kv_len):   # whole cache, or a chunk after earlier positions
+                mask = torch.arange(n, device=x.device)[None, :] <= input_pos[:, None]   # (S, n) bool
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)        # (B, H, S_k, D)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
