@@ -48,7 +48,7 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 
 def make_norm(channels: int, norm_type: str = "group") -> nn.Module:
     if norm_type == "group":
-        return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+        return nn.GroupNorm(num_groups=min(32, channels), num_channels=channels, eps=1e-6, affine=True)
     if norm_type == "batch":
         return nn.SyncBatchNorm(channels)
     raise ValueError(f"norm_type must be 'group' or 'batch', got {norm_type!r}")

@@ -15,7 +15,7 @@ from torch import nn
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return nn.GroupNorm(num_groups=min(32, channels), num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from cca.cpu_memory import keep_freed_memory
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -46,6 +48,8 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(local_rank, device)
+    if dev.type == "cpu":
+        keep_freed_memory()                 # per-op page faults otherwise dominate small CPU models
     backend = None
     if world > 1 or tdist.is_initialized():
         if not tdist.is_initialized():

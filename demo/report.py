@@ -38,10 +38,10 @@ def target_checks(variants: dict, family: str) -> dict | None:
 
 
 def _token_ratio(variants: dict, family: str, token_seconds: dict) -> str:
-    guided = [token_seconds.get(n) for n, v in variants.items()
-              if v["family"] == family and v["model"] == "base" and v["guided"]]
+    guided = [token_seconds[n] for n, v in variants.items()
+              if v["family"] == family and v["model"] == "base" and v["guided"] and token_seconds.get(n)]
     cca = token_seconds.get(f"{family}_cca")
-    if not cca or not guided or not all(guided):
+    if not cca or not guided:
         return "n/a"
     return f"{cca / min(guided):.2f}"
 
@@ -95,7 +95,8 @@ def write_report(out_dir: Path, metrics: dict, *, notes: dict, cfg, stage_second
              f"**{metrics['classifier_test_accuracy']:.4f}**. classifier-FID and precision/recall (k = 3) are "
              f"against the test split; accuracy is the share of samples the classifier assigns to the requested "
              f"class; s / image is the fastest of {cfg.timing_rounds} interleaved timed batches of "
-             f"{cfg.timing_batch} (tokens and decoding; the last column is the token generation alone).", "",
+             f"{cfg.timing_batch} (tokens and decoding; the last column is the token generation alone, timed "
+             f"for CCA and the first CFG scale).", "",
              "## Results", ""]
     token_seconds = {name: t.get("token_sec_per_image") for fam in families
                      for name, t in notes.get(fam, {}).get("timing", {}).items()}

@@ -126,6 +126,18 @@ def test_gpt_loader_errors_name_the_size(tmp_path):
         load_gpt_weights(wrong_vocab, str(tmp_path / "bad.pt"))
 
 
+def test_norms_below_32_channels_have_one_group_per_channel():
+    """The released widths (>= 128) keep GroupNorm(32); the demo's 16-channel tokenizer gets GroupNorm(16)."""
+    from VAR.encoder_decoder import group_norm
+    narrow = VQModel(VQModelArgs(codebook_size=16, codebook_embed_dim=4, encoder_ch_mult=[1, 1],
+                                 decoder_ch_mult=[1, 1], z_channels=8, ch=16, num_res_blocks=0)).eval()
+    groups = {m.num_groups for m in narrow.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {16}
+    with torch.no_grad():
+        assert narrow.decode(narrow.encode(torch.zeros(1, 3, 8, 8))[0]).shape == (1, 3, 8, 8)
+    assert (group_norm(16).num_groups, group_norm(32).num_groups, group_norm(128).num_groups) == (16, 32, 32)
+
+
 def _tiny_vq() -> VQModel:
     torch.manual_seed(0)
     return VQModel(VQModelArgs(codebook_size=32, codebook_embed_dim=4, encoder_ch_mult=[1, 1, 2, 2, 4],
