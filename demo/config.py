@@ -61,10 +61,10 @@ class DemoConfig:
     test_images: int | None = None                 # None: all 10,000 (the FID / precision-recall reference)
     classifier_epochs: float = 1.0
     per_class: int = 500                           # samples per class and variant (FID noise at 2,000 was ~1)
-    # 1,000 rows per step amortise the per-step fixed cost (Python, weight reads) that would favour CFG's 2B rows,
-    # while a decoder activation (1,000 x 16 x 16 x 16 floats = 16 MB) stays below glibc's 32 MB mmap ceiling
-    sample_batch: int = 1000
-    timing_batch: int = 1000                       # as sample_batch: timed as the samples were made
+    # 2,500 rows per step amortise the per-step fixed cost (Python, weight reads, thread wake-ups: worse on a
+    # loaded machine) that would otherwise favour CFG's 2B rows; 5,000 samples = 2 batches
+    sample_batch: int = 2500
+    timing_batch: int = 2500                       # as sample_batch: timed as the samples were made
     timing_rounds: int = 7
     seed: int = 0
     families: list[FamilyConfig] = field(default_factory=list)
