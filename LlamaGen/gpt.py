@@ -193,10 +193,11 @@ class Attention(nn.Module):
             if kv_len is None:       # positions as a tensor: the step a CUDA graph replays has no Python ints
                 k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
                 v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+                n = k_cache.shape[2]
             else:   # the S positions ending at kv_len, as a slice copy (index_copy_ took 13 % of a CPU decode step)
                 k_cache[:, :, kv_len - S:kv_len].copy_(k)
                 v_cache[:, :, kv_len - S:kv_len].copy_(v)
-            n = k_cache.shape[2] if kv_len is None else kv_len
+                n = kv_len
             k, v = k_cache[:, :, :n], v_cache[:, :, :n]                          # (B, Hkv, n, D)
             if kv_len is None or (S > 1 and S != kv_len):   # whole cache, or a chunk after earlier positions
                 mask = torch.arange(n, device=x.device)[None, :] <= input_pos[:, None]   # (S, n) bool

@@ -5,6 +5,7 @@ Loading never unpickles arbitrary objects: ``.pth`` / ``.pt`` go through ``torch
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import pickle
@@ -220,7 +221,6 @@ def require_checkpoint(path: str | os.PathLike, flag: str) -> None:
 def dataclass_from_dict(cls, d: dict):
     """``cls(**d)`` for a dataclass, refusing keys it has no field for (a config saved by another version or
     model kind) with one line that names them."""
-    import dataclasses
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:

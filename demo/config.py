@@ -91,7 +91,8 @@ def full_config() -> DemoConfig:
     # Sizes: decoding to pixels costs every sampler the same, so it must be small beside the token generation for
     # CFG's doubled rows to show as about twice the time per image (as on the GPUs the paper timed, where the
     # sequential token steps dominate).
-    # Hence 16-channel tokenizers (0.06 ms per image to decode) and a LlamaGen of dim 256 x 8 layers (~1.4 ms)
+    # Hence 16-channel tokenizers (0.04-0.13 ms per image to decode) and a LlamaGen of dim 256 x 8 layers
+    # (1.4-1.6 ms per image of tokens), both measured in the full runs of demo/TUNING.md
     llamagen = FamilyConfig("llamagen", TokenizerConfig(), ARConfig(dim=256, n_layer=8),
                             CCAConfig(beta=0.1, lambda_=2.0, lr=1e-4), cfg_scales=[1.5, 2.0, 3.0, 4.0])
     var = FamilyConfig("var", TokenizerConfig(z_channels=16), ARConfig(),

@@ -42,6 +42,7 @@ class Variant:
 def llamagen_sampler(gpt, vq, cfg_scale: float) -> tuple[SampleFn, Callable]:
     """(images sampler, tokens-only sampler) with LlamaGen's cfg-scale."""
     grid_tokens = gpt.block_size
+
     def tokens(labels: torch.Tensor, seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         return llamagen_generate(gpt, labels, grid_tokens, cfg_scale=cfg_scale, temperature=1.0, top_k=0,
