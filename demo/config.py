@@ -65,7 +65,7 @@ class DemoConfig:
     # loaded machine) that would otherwise favour CFG's 2B rows; 5,000 samples = 2 batches
     sample_batch: int = 2500
     timing_batch: int = 2500                       # as sample_batch: timed as the samples were made
-    timing_rounds: int = 4                         # x 2,500 images per sampler: 10,000 timed images each
+    timing_rounds: int = 3                         # CCA timed next to each CFG scale in every round
     seed: int = 0
     families: list[FamilyConfig] = field(default_factory=list)
 

@@ -171,16 +171,17 @@ class FamilyRun:
         cca_model, cca_key, self.notes["cca"] = self.cca_model()
         pairs = self.variants(cca_model, cca_key)
         scored = {v.name: self.sample_and_score(v, k, classifier_key) for v, k in pairs}
-        # every sampler is timed whole; the token generation alone only for CCA and the first CFG scale (each
-        # timed as often as the other: the tokens-only ratio is a like-for-like pair, and the other scales run
-        # the same computation), which keeps the timing stage about a third shorter
+        # every sampler is timed whole, CCA once next to each CFG scale (equally many draws on both sides of the
+        # time ratio); the token generation alone only for CCA and the first CFG scale (a like-for-like pair: the
+        # other scales run the same computation), which keeps the timing stage about a third shorter
+        cca_name = f"{self.fc.family}_cca"
         first_cfg = next(v.name for v, _ in pairs if v.guided)
-        timed = [v if v.name in (f"{self.fc.family}_cca", first_cfg) else dataclasses.replace(v, tokens=None)
-                 for v, _ in pairs]
+        timed = [v if v.name in (cca_name, first_cfg) else dataclasses.replace(v, tokens=None) for v, _ in pairs]
         tkey = key_of([scored[v.name]["key"] for v, _ in pairs], self.cfg.timing_batch, self.cfg.timing_rounds,
-                      "whole+tokens of cca and first cfg")
+                      "whole+tokens of cca and first cfg; cca paired with each cfg")
         timing = self.cache.run(f"{self.fc.family}_timing", tkey, lambda: time_variants(
-            timed, batch_size=self.cfg.timing_batch, rounds=self.cfg.timing_rounds, progress=self.progress))
+            timed, batch_size=self.cfg.timing_batch, rounds=self.cfg.timing_rounds, paired=cca_name,
+            progress=self.progress))
         variants = {}
         for v, _ in pairs:
             s = scored[v.name]

@@ -94,9 +94,10 @@ def write_report(out_dir: Path, metrics: dict, *, notes: dict, cfg, stage_second
              f"Feature network: a small CNN trained on the train split, test-split accuracy "
              f"**{metrics['classifier_test_accuracy']:.4f}**. classifier-FID and precision/recall (k = 3) are "
              f"against the test split; accuracy is the share of samples the classifier assigns to the requested "
-             f"class; s / image is the fastest of {cfg.timing_rounds} interleaved timed batches of "
-             f"{cfg.timing_batch} (tokens and decoding; the last column is the token generation alone, timed "
-             f"for CCA and the first CFG scale).", "",
+             f"class; s / image is the fastest of the interleaved timed batches of {cfg.timing_batch} images "
+             f"({cfg.timing_rounds} rounds; in each, every sampler once and CCA once next to each CFG scale, so "
+             f"CCA and the fastest CFG scale are each the best of equally many batches). Tokens and decoding; the "
+             f"last column is the token generation alone, timed for CCA and the first CFG scale.", "",
              "## Results", ""]
     token_seconds = {name: t.get("token_sec_per_image") for fam in families
                      for name, t in notes.get(fam, {}).get("timing", {}).items()}

@@ -86,17 +86,35 @@ def sample_to_npz(variant: Variant, out_dir: Path, *, per_class: int, num_classe
     return {"path": str(path), "seconds": seconds, "count": int(len(labels))}
 
 
-def time_variants(variants: list[Variant], *, batch_size: int, rounds: int, num_classes: int = 10,
-                  progress: bool = True) -> dict[str, dict[str, float]]:
-    """Seconds per image of each sampler, whole (tokens and decoding) and tokens only: the fastest of ``rounds``
-    timed batches, the variants interleaved (round-robin, order rotated each round) so background load hits
-    them alike. One untimed warm-up each."""
-    labels = torch.arange(batch_size) % num_classes
-    jobs = [(v.name, "sec_per_image", v.sample) for v in variants]
+def timing_schedule(variants: list[Variant], paired: str | None = None) -> list[tuple[str, str, Callable]]:
+    """One round of timed jobs (variant name, what, callable): every sampler whole once, and the token generation
+    of those that expose it. ``paired`` (a guidance-free variant's name) is instead timed just before each guided
+    sampler: then the fastest CFG scale and that sampler are each the best of as many timed batches (n scales would
+    otherwise give the CFG side n times as many draws at catching a quiet moment of a shared machine)."""
+    names = [v.name for v in variants]
+    if paired is not None and paired not in names:
+        raise KeyError(f"paired variant {paired!r} is not among {names}")
+    by_name = {v.name: v for v in variants}
+    jobs = []
+    for v in variants:
+        if v.guided and paired is not None:
+            jobs.append((paired, "sec_per_image", by_name[paired].sample))
+        if v.name != paired or not any(u.guided for u in variants):
+            jobs.append((v.name, "sec_per_image", v.sample))
     jobs += [(v.name, "token_sec_per_image", v.tokens) for v in variants if v.tokens is not None]
+    return jobs
+
+
+def time_variants(variants: list[Variant], *, batch_size: int, rounds: int, paired: str | None = None,
+                  num_classes: int = 10, progress: bool = True) -> dict[str, dict[str, float]]:
+    """Seconds per image of each sampler, whole (tokens and decoding) and tokens only: the fastest of its timed
+    batches (``rounds`` rounds of ``timing_schedule``, each rotated by one job so background load hits the
+    samplers alike). One untimed warm-up each."""
+    labels = torch.arange(batch_size) % num_classes
+    jobs = timing_schedule(variants, paired)
     best = {v.name: {} for v in variants}
     with torch.inference_mode():
-        for _, _, fn in jobs:
+        for fn in {id(fn): fn for _, _, fn in jobs}.values():
             fn(labels[:min(8, batch_size)], 0)
     bar = tqdm(total=rounds * len(jobs), desc="timing samplers", disable=not progress, dynamic_ncols=True)
     for r in range(rounds):

@@ -127,3 +127,31 @@ def test_bad_input_fails_fast_with_one_line(tmp_path, args, names):
     message = proc.stderr.strip().splitlines()
     assert len(message) == 1 and names in message[0], proc.stderr
     assert not (tmp_path / "o" / "cache").exists()
+
+
+def test_timing_gives_cca_as_many_draws_as_the_cfg_side():
+    from demo.samplers import Variant, time_variants, timing_schedule
+    calls: list[str] = []
+
+    def sampler(name):
+        def run(labels, seed):
+            calls.append(name)
+            return np.zeros((len(labels), 2, 2, 3), np.uint8)
+        return run
+    variants = [Variant(n, "var", m, g, c, sampler(n), sampler(n + ":tokens") if t else None)
+                for n, m, g, c, t in [("base", "base", False, 0.0, False), ("cca", "cca", False, 0.0, True),
+                                      ("cfg1", "base", True, 1.0, True), ("cfg2", "base", True, 2.0, False),
+                                      ("cfg3", "base", True, 3.0, False)]]
+    schedule = [(name, what) for name, what, _ in timing_schedule(variants, paired="cca")]
+    assert schedule == [("base", "sec_per_image"), ("cca", "sec_per_image"), ("cfg1", "sec_per_image"),
+                        ("cca", "sec_per_image"), ("cfg2", "sec_per_image"), ("cca", "sec_per_image"),
+                        ("cfg3", "sec_per_image"), ("cca", "token_sec_per_image"), ("cfg1", "token_sec_per_image")]
+    assert [n for n, _, _ in timing_schedule(variants)].count("cca") == 2     # unpaired: once whole, once tokens
+    with pytest.raises(KeyError, match="nope"):
+        timing_schedule(variants, paired="nope")
+
+    best = time_variants(variants, batch_size=4, rounds=2, paired="cca", progress=False)
+    timed = calls[7:]                                 # after one warm-up of each distinct sampler
+    assert sorted(calls[:7]) == sorted(["base", "cca", "cfg1", "cfg2", "cfg3", "cca:tokens", "cfg1:tokens"])
+    assert timed.count("cca") == 2 * 3 and all(timed.count(c) == 2 for c in ("base", "cfg1", "cfg2", "cfg3"))
+    assert set(best["cca"]) == {"sec_per_image", "token_sec_per_image"} and set(best["cfg2"]) == {"sec_per_image"}
