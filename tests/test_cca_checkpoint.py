@@ -40,6 +40,7 @@ def test_safetensors_and_freqs_cis(tmp_path):
     load_strict(model, load_state_dict_file(tmp_path / "w.safetensors"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")   # the hostile file is written with protocol 4
 def test_malicious_pickle_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
 
