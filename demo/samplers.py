@@ -91,15 +91,15 @@ def timing_schedule(variants: list[Variant], paired: str | None = None) -> list[
     of those that expose it. ``paired`` (a guidance-free variant's name) is instead timed just before each guided
     sampler: then the fastest CFG scale and that sampler are each the best of as many timed batches (n scales would
     otherwise give the CFG side n times as many draws at catching a quiet moment of a shared machine)."""
-    names = [v.name for v in variants]
-    if paired is not None and paired not in names:
-        raise KeyError(f"paired variant {paired!r} is not among {names}")
     by_name = {v.name: v for v in variants}
+    if paired is not None and paired not in by_name:
+        raise KeyError(f"paired variant {paired!r} is not among {list(by_name)}")
+    pairs_with_cfg = paired is not None and any(v.guided for v in variants)
     jobs = []
     for v in variants:
-        if v.guided and paired is not None:
+        if v.guided and pairs_with_cfg:
             jobs.append((paired, "sec_per_image", by_name[paired].sample))
-        if v.name != paired or not any(u.guided for u in variants):
+        if not (pairs_with_cfg and v.name == paired):
             jobs.append((v.name, "sec_per_image", v.sample))
     jobs += [(v.name, "token_sec_per_image", v.tokens) for v in variants if v.tokens is not None]
     return jobs
