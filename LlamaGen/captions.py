@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -126,3 +126,33 @@ class CaptionEmbedder(nn.Module):
             drop = torch.rand(cond.emb.shape[0], device=cond.emb.device) < self.dropout_prob
             cond = cond.where(drop, self.null_like(cond))
         return self.embed(cond)
+
+
+# ------------------------------------------------------------------------------------------ LlamaGen's T2I data
+def listed_records(data_path: str | os.PathLike, start: int = 0, end: Optional[int] = None,
+                   flag: str = "--data-path") -> list[tuple[dict, str, int]]:
+    """LlamaGen's T2I listing: (record, file stem, line index) for every line of the ``.jsonl`` files among the
+    sorted entries [start, end] (inclusive, as --data-start / --data-end) of ``data_path``. Codes and caption
+    features of a record are stored as ``<stem>/<line index>.npy``. One-line ValueError on a missing folder,
+    a line that is not JSON, or no records."""
+    root = Path(data_path)
+    if not root.is_dir():
+        raise ValueError(f"{flag} {data_path}: folder not found")
+    names = sorted(os.listdir(root))
+    names = names[start:] if end is None else names[start:end + 1]
+    records = []
+    for name in (n for n in names if n.endswith(".jsonl")):
+        with open(root / name) as f:
+            for line_idx, line in enumerate(f):
+                try:
+                    records.append((json.loads(line), name.split(".")[0], line_idx))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{flag}: {name} line {line_idx + 1} is not JSON ({e.msg})") from None
+    if not records:
+        raise ValueError(f"{flag} {data_path}: no records in .jsonl files (one JSON object per line expected)")
+    return records
+
+
+def record_file(root: str | os.PathLike, stem: str, line_idx: int) -> Path:
+    """Where the codes / caption features of record ``line_idx`` of ``<stem>.jsonl`` live under ``root``."""
+    return Path(root) / stem / f"{line_idx}.npy"
