@@ -38,18 +38,11 @@ _AFTER_REPAIR = [
     (r"\b\d+\.?\d*[xх×]\d+\.?\d*\b", ""),                 # sizes like 1920x1080
     (r"\b\s+\:\s+", r": "), (r"(\D[,\./])\b", r"\1 "), (r"\s+", " "),
     (r"^[\"\']([\w\W]+)[\"\']$", r"\1"), (r"^[\'\_,\-\:;]", r""), (r"[\'\_,\-\:\-\+]$", r""), (r"^\.\S+$", "")]
-_COMPILED: dict[str, list[tuple[re.Pattern, str]]] = {}
 
 
-def _rules(name: str, rules: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
-    if name not in _COMPILED:
-        _COMPILED[name] = [(re.compile(p), r) for p, r in rules]
-    return _COMPILED[name]
-
-
-def _apply(text: str, name: str, rules: list[tuple[str, str]]) -> str:
-    for pattern, replacement in _rules(name, rules):
-        text = pattern.sub(replacement, text)
+def _apply(text: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, replacement in rules:   # re caches the compiled patterns
+        text = re.sub(pattern, replacement, text)
     return text
 
 
@@ -62,12 +55,11 @@ def clean_caption(caption: str) -> str:
     from bs4 import BeautifulSoup
     text = urllib.parse.unquote_plus(str(caption)).strip().lower()
     text = re.sub("<person>", "person", text)
-    text = BeautifulSoup(_apply(text, "urls", _URLS), features="html.parser").text
-    text = _apply(text, "after_html", _AFTER_HTML)
-    separators = re.compile(r"(?:\-|\_)")
-    if len(separators.findall(text)) > 3:                 # this-is-a-slug / this_is_a_slug
-        text = separators.sub(" ", text)
-    return _apply(_repair(text), "after_repair", _AFTER_REPAIR).strip()
+    text = BeautifulSoup(_apply(text, _URLS), features="html.parser").text
+    text = _apply(text, _AFTER_HTML)
+    if len(re.findall(r"(?:\-|\_)", text)) > 3:          # this-is-a-slug / this_is_a_slug
+        text = re.sub(r"(?:\-|\_)", " ", text)
+    return _apply(_repair(text), _AFTER_REPAIR).strip()
 
 
 def preprocess(caption: str) -> str:

@@ -30,11 +30,8 @@ class Caption(NamedTuple):
 
     def where(self, rows: torch.Tensor, other: "Caption") -> "Caption":
         """Row i of ``other`` where ``rows[i]`` (B,) bool, else row i of this caption."""
-        return Caption(torch.where(rows[:, None, None], other.emb.to(self.emb.dtype), self.emb),
+        return Caption(torch.where(rows[:, None, None], other.emb, self.emb),
                        torch.where(rows[:, None], other.mask, self.mask))
-
-    def to(self, device: torch.device | str) -> "Caption":
-        return Caption(self.emb.to(device), self.mask.to(device))
 
 
 def left_pad(emb: torch.Tensor, mask: torch.Tensor, tokens: Optional[int] = None) -> Caption:

@@ -64,6 +64,15 @@ def _with_null(model: Transformer, cond: torch.Tensor | Caption) -> torch.Tensor
     return Caption.cat([cond, null]) if isinstance(cond, Caption) else torch.cat([cond, null])
 
 
+def _cache_for(model: Transformer, rows: torch.Tensor | Caption, max_len: int, device: torch.device,
+               zeroed: bool) -> KVCache:
+    """The KV cache of the R rows; for captions it also masks their padding keys at every step."""
+    cache = KVCache.for_model(model, _batch(rows)[0], max_len, device=device, zeroed=zeroed)
+    if isinstance(rows, Caption):
+        cache.mask_caption(rows.mask)
+    return cache
+
+
 def _guided(logits: torch.Tensor, batch: int, cfg_scale: float) -> torch.Tensor:
     if logits.shape[0] == batch:              # guidance-free rows only
         return logits
@@ -128,14 +137,11 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
     B, device = _batch(cond)
     use_cfg = cfg_scale > 1.0
     rows = _with_null(model, cond) if use_cfg else cond                        # R = B or 2B rows
-    R = 2 * B if use_cfg else B
     T = model.cls_token_num
     switches = use_cfg and -1 < cfg_interval < max_new_tokens - 2
     use_graph = max_new_tokens > 1 and _use_graph(cuda_graph, torch.device(device), switches)
     # the eager steps read only the filled prefix, so their cache needs no zeroing; the graph attends it all
-    cache = KVCache.for_model(model, R, T + max_new_tokens, device=device, zeroed=use_graph)
-    if isinstance(rows, Caption):
-        cache.mask_caption(rows.mask)                                           # caption padding, every step
+    cache = _cache_for(model, rows, T + max_new_tokens, device, zeroed=use_graph)
     seq = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, sample_logits=sample_logits,
                     generator=generator)
@@ -150,7 +156,7 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
     seq[:, 0] = token
 
     pos = torch.tensor([T], device=device)
-    graphed = GraphedDecodeStep(model, cache, R, T) if use_graph else None
+    graphed = GraphedDecodeStep(model, cache, cache.k.shape[1], T) if use_graph else None
     for i in range(max_new_tokens - 1):
         if graphed is not None:
             x = token[:, None]
