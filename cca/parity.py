@@ -21,7 +21,8 @@ from cca.conditions import make_conditions
 from cca.loss import compute_loss, sequence_logprob
 
 _FAMILY_OF_KIND = {"var_vqvae": "VAR.parity", "var_transformer": "VAR.parity",
-                   "llamagen_vq": "LlamaGen.parity", "llamagen_gpt": "LlamaGen.parity"}
+                   "llamagen_vq": "LlamaGen.parity", "llamagen_gpt": "LlamaGen.parity",
+                   "llamagen_t2i_gpt": "LlamaGen.parity"}
 
 
 def cca_loss_fixture(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:

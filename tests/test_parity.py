@@ -1,17 +1,18 @@
-"""Every fixture folder under ../shared/fixtures (whatever its sizes and settings) reproduced through the parity
-runner's own dispatch, compared within the fixture's per-tensor tolerances."""
+"""Every fixture folder under ../shared/fixtures and ../shared/fixtures_t2i (whatever its sizes and settings)
+reproduced through the parity runner's own dispatch, compared within the fixture's per-tensor tolerances."""
 import pytest
 
 from cca.parity import compute_fixture
-from fixture_utils import FIXTURES, compare_with_expected
+from fixture_utils import FIXTURES, SHARED, compare_with_expected
 
-FOLDERS = sorted(p for p in FIXTURES.iterdir() if (p / "config.json").is_file())
+FOLDERS = sorted(p for root in (FIXTURES, SHARED / "fixtures_t2i") for p in root.iterdir()
+                 if (p / "config.json").is_file())
 
 
-def test_all_five_fixture_kinds_are_present():
+def test_every_fixture_kind_is_present():
     from fixture_utils import fixture_config
     kinds = {fixture_config(p)["fixture"] for p in FOLDERS}
-    assert {"cca_loss", "var_vqvae", "var_transformer", "llamagen_vq", "llamagen_gpt"} <= kinds
+    assert {"cca_loss", "var_vqvae", "var_transformer", "llamagen_vq", "llamagen_gpt", "llamagen_t2i_gpt"} <= kinds
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=[p.name for p in FOLDERS])
