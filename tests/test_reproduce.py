@@ -22,7 +22,7 @@ from cca.rows import METRICS, ROWS, SOURCES
 from evaluations import evaluator, plots
 from fixture_utils import REPO
 from LlamaGen import finetune_cli
-from tiny_hub import TINY_VAR, cache_file, offline_env, offline_hub, tiny_hub  # noqa: F401 - fixtures
+from tiny_hub import TINY_LLAMAGEN, TINY_VAR, cache_file, offline_env, offline_hub, tiny_hub  # noqa: F401 - fixtures
 
 SAMPLING = [*TINY_VAR, "--num_per_class", "4", "--batch_size", "4"]
 
@@ -36,7 +36,10 @@ def rows_file(path: Path) -> Path:
     rows = {"tiny-base": {"family": "var", "ckpt": "var_d16", "title": "tiny VAR, w/o guidance",
                           "sampler_args": SAMPLING + ["--cfg", "0"], "expected": {"fid": 1.5}},
             "tiny-cca": {"family": "var", "ckpt": "VAR_d16_CCA", "title": "tiny VAR + CCA",
-                         "sampler_args": SAMPLING + ["--cfg", "0"]}}
+                         "sampler_args": SAMPLING + ["--cfg", "0"]},
+            "tiny-llamagen": {"family": "llamagen", "ckpt": "c2i_B_384", "title": "tiny LlamaGen, CFG 2",
+                              "sampler_args": [*TINY_LLAMAGEN, "--num-fid-samples", "6", "--cfg-scale", "2.0",
+                                               "--per-proc-batch-size", "4"]}}
     path.write_text(json.dumps(rows))
     return path
 
@@ -72,11 +75,11 @@ def test_docs_give_every_row_its_expected_fid_and_every_release_name():
 
 def test_reproduce_rows_end_to_end_then_resume_from_caches(offline_hub, tmp_path, monkeypatch, capsys):
     out = tmp_path / "res"
-    argv = ["tiny-base", "tiny-cca", "--rows-file", str(rows_file(tmp_path / "rows.json")), "--out", str(out),
-            *eval_flags(offline_hub)]
+    argv = ["tiny-base", "tiny-cca", "tiny-llamagen", "--rows-file", str(rows_file(tmp_path / "rows.json")),
+            "--out", str(out), *eval_flags(offline_hub)]
     assert reproduce.main(argv) == 0
     records = read_jsonl(out / "results.jsonl")
-    assert [r["row"] for r in records] == ["tiny-base", "tiny-cca"]
+    assert [r["row"] for r in records] == ["tiny-base", "tiny-cca", "tiny-llamagen"]
     base = records[0]
     assert set(base["measured"]) == set(METRICS) and all(isinstance(v, float) for v in base["measured"].values())
     assert base["expected"] == {"fid": 1.5}
@@ -90,18 +93,24 @@ def test_reproduce_rows_end_to_end_then_resume_from_caches(offline_hub, tmp_path
     assert base["sampling_machine"]["torch"] == torch.__version__ and base["sampling_machine"]["world_size"] == 1
     with np.load(base["samples"]["path"]) as f:
         assert f["arr_0"].shape == (8, 32, 32, 3) and np.bincount(f["arr_1"]).tolist() == [4, 4]
+    llamagen = records[2]
+    assert llamagen["checkpoint"]["name"] == "c2i_B_384" and llamagen["tokenizer"]["name"] == "vq_ds16_c2i"
+    assert llamagen["settings"]["cfg_scale"] == 2.0 and llamagen["settings"]["gpt_model"] == "GPT-debug"
+    with np.load(llamagen["samples"]["path"]) as f:
+        assert f["arr_0"].shape == (6, 32, 32, 3)                   # 64 px resized to --image-size-eval 32
     table = (out / "results.md").read_text()
-    assert table.count("| tiny-") == 2 and "(DIFFERS from published)" in table
+    assert table.count("| tiny-") == 3 and "(DIFFERS from published)" in table
     assert f"{base['measured']['fid']:.4g} (1.5)" in table
 
     def refuse(*_a, **_k):
         raise AssertionError("a finished stage ran again")
     monkeypatch.setattr(evaluator, "main", refuse)
-    monkeypatch.setattr(sample_eval.importlib.import_module("VAR_sample"), "main", refuse)
+    for script in ("VAR_sample", "LLamaGen_sample_ddp"):
+        monkeypatch.setattr(sample_eval.importlib.import_module(script), "main", refuse)
     capsys.readouterr()
     reproduce.main(argv)                                   # everything cached: no sampling, no scoring
-    assert capsys.readouterr().out.count("(already in results.jsonl)") == 2
-    assert len(read_jsonl(out / "results.jsonl")) == 2
+    assert capsys.readouterr().out.count("(already in results.jsonl)") == 3
+    assert len(read_jsonl(out / "results.jsonl")) == 3
     monkeypatch.undo()
 
 
