@@ -30,27 +30,22 @@ def _tag(value: float) -> str:
     return f"lambda-{value:g}"
 
 
-def _var(args, lambdas: list[float]) -> tuple[list[str], list[str]]:
+def _var_run(args, lam: float) -> tuple[str, str]:
+    """(fine-tune command, checkpoint it writes) of one lambda."""
     depth = int(args.base.split("_d")[1])
-    runs, ckpts = [], []
-    for lam in lambdas:
-        runs.append(f"torchrun --nproc_per_node={args.nproc} VAR_finetune.py {VAR_FINETUNE[depth]} "
-                    f"--beta={args.beta:g} --lambda_={lam:g} --exp_name={_tag(lam)} --ref_ckpt={args.base} "
-                    f"--vae_ckpt=vae_ch160v4096z32 --data_path={shlex.quote(args.data_path)}")
-        ckpts.append(f"{lam:g}=local_output/{_tag(lam)}/ar-ckpt-last.pth")
-    return runs, ckpts
+    return (f"torchrun --nproc_per_node={args.nproc} VAR_finetune.py {VAR_FINETUNE[depth]} --beta={args.beta:g} "
+            f"--lambda_={lam:g} --exp_name={_tag(lam)} --ref_ckpt={args.base} --vae_ckpt=vae_ch160v4096z32 "
+            f"--data_path={shlex.quote(args.data_path)}", f"local_output/{_tag(lam)}/ar-ckpt-last.pth")
 
 
-def _llamagen(args, lambdas: list[float]) -> tuple[list[str], list[str]]:
+def _llamagen_run(args, lam: float) -> tuple[str, str]:
+    """(fine-tune command, checkpoint it writes: the run folder is numbered, so the latest one of this name)."""
     size = args.base.split("_")[1]
     script = "LlamaGen_finetune_fsdp.py" if size in LLAMAGEN_FSDP_SIZES else "LlamaGen_finetune.py"
-    runs, ckpts = [], []
-    for lam in lambdas:
-        runs.append(f"torchrun --nproc_per_node={args.nproc} {script} {LLAMAGEN_FINETUNE} --beta={args.beta:g} "
-                    f"--lambda_={lam:g} --expid={_tag(lam)} --ref_ckpt={args.base} --gpt-model=GPT-{size} "
-                    f"--code-path={shlex.quote(args.code_path)}")
-        ckpts.append(f"{lam:g}=$(ls -d results/*-{_tag(lam)}-GPT-{size} | tail -1)/checkpoints/0005000.pt")
-    return runs, ckpts
+    return (f"torchrun --nproc_per_node={args.nproc} {script} {LLAMAGEN_FINETUNE} --beta={args.beta:g} "
+            f"--lambda_={lam:g} --expid={_tag(lam)} --ref_ckpt={args.base} --gpt-model=GPT-{size} "
+            f"--code-path={shlex.quote(args.code_path)}",
+            f"$(ls -d results/*-{_tag(lam)}-GPT-{size} | tail -1)/checkpoints/0005000.pt")
 
 
 def lambda_commands(args: argparse.Namespace) -> str:
@@ -59,7 +54,9 @@ def lambda_commands(args: argparse.Namespace) -> str:
     except ValueError:
         raise SystemExit(f"--lambdas: expected comma-separated numbers, got {args.lambdas!r}") from None
     family = RELEASES[args.base].family
-    runs, ckpts = (_var if family == "var" else _llamagen)(args, lambdas)
+    pairs = [(_var_run if family == "var" else _llamagen_run)(args, lam) for lam in lambdas]
+    runs = [command for command, _ in pairs]
+    ckpts = [f"{lam:g}={ckpt}" for lam, (_, ckpt) in zip(lambdas, pairs)]
     out = args.out or f"sweeps/{args.base}-lambda"
     scales = VAR_SCALES if family == "var" else LLAMAGEN_SCALES
     nproc = f"torchrun --nproc_per_node={args.nproc} -m"

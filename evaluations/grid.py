@@ -12,12 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import the package from the repository root, not this folder
-    _repo_root = str(Path(__file__).resolve().parents[1])
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path[0] = _repo_root
-    elif _repo_root not in sys.path:
-        sys.path.insert(0, _repo_root)
+if __package__ in (None, ""):  # run as a script: the repository root on sys.path instead of this folder
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
