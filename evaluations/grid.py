@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> Path:
         path = write_grid([Path(s) for s in args.samples], parse_classes(args.classes), args.per_class, out)
     except npz_io.InputError as e:
         raise SystemExit(f"grid.py: error: {e}") from None
-    print(f"wrote {path}")
+    blocks = [f"{1 + i * (args.per_class + 1)}-{(i + 1) * (args.per_class + 1) - 1}: {s}"
+              for i, s in enumerate(args.samples)]
+    print(f"wrote {path} (rows: classes {args.classes}; columns {'; '.join(blocks)})")
     return path
 
 

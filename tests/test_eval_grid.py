@@ -51,8 +51,9 @@ def test_rows_are_classes_files_side_by_side(tmp_path, capsys):
     assert [tile(img, 0, j) for j in (3, 4)] == [colour(1, 5, 0), colour(1, 5, 1)]
     assert [tile(img, 1, j) for j in (3, 4)] == [colour(1, 2, 0), white]   # one sample of class 2 in b
     assert [tile(img, 2, j) for j in (3, 4)] == [white, white]             # class 1 absent from b
-    err = capsys.readouterr().err
-    assert "b.npz: fewer than 2 samples of class(es) [2, 1]" in err
+    printed = capsys.readouterr()
+    assert "b.npz: fewer than 2 samples of class(es) [2, 1]" in printed.err
+    assert f"columns 1-2: {tmp_path / 'a.npz'}; 4-5: {tmp_path / 'b.npz'})" in printed.out
 
 
 def test_default_output_name_and_bad_input(tmp_path):
