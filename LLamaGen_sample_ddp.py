@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the GPT blocks (default: on GPU only)")
     p.add_argument("--vq-model", choices=list(VQ_models), default="VQ-16")
-    p.add_argument("--vq-ckpt", required=True, help="tokenizer checkpoint (vq_ds16_c2i.pt)")
+    p.add_argument("--vq-ckpt", default="vq_ds16_c2i", help="tokenizer (file, release name or hf://)")
     p.add_argument("--codebook-size", type=int, default=16384)
     p.add_argument("--codebook-embed-dim", type=int, default=8)
     p.add_argument("--image-size", type=int, default=384)

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums (256, 512 or 1_2_3_...)")
     g.add_argument("--alng", type=float, default=1e-5, help="AdaLN gamma init multiplier (initialisation only; "
                    "the weights come from --ref_ckpt, as in the original)")
-    g.add_argument("--vae_ckpt", default="vae_ch160v4096z32.pth", help="VQVAE weights")
+    g.add_argument("--vae_ckpt", default="vae_ch160v4096z32", help="VQVAE weights (file, release name or hf://)")
     g.add_argument("--vae_ch", type=int, default=160, help="VQVAE base width")
     g.add_argument("--vae_V", type=int, default=4096, help="VQVAE codebook size")
     g.add_argument("--vae_Cvae", type=int, default=32, help="VQVAE code width")

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="VAR_sample.py", description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--ckpt_path", required=True, help="VAR weights (released, CCA release, or ar-ckpt-last.pth)")
-    p.add_argument("--vae_ckpt", default="./vae_ch160v4096z32.pth", help="VQVAE weights")
+    p.add_argument("--vae_ckpt", default="vae_ch160v4096z32", help="VQVAE weights (file, release name or hf://)")
     p.add_argument("--cfg", type=float, default=0.0, help="guidance strength, VAR convention (0: none)")
     p.add_argument("--depth", type=int, default=16, help="VAR depth of --ckpt_path (16, 20, 24, 30 released)")
     p.add_argument("--sample_dir", default="./samples", help="where the npz (and .parts/, PNGs) go")

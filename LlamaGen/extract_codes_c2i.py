@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageFolder root (one sub-folder per class), or a folder of .jsonl T2I listings")
     p.add_argument("--code-path", required=True, help="output folder")
     p.add_argument("--vq-model", choices=list(VQ_models), default="VQ-16")
-    p.add_argument("--vq-ckpt", required=True, help="tokenizer checkpoint (vq_ds16_c2i.pt)")
+    p.add_argument("--vq-ckpt", default="vq_ds16_c2i", help="tokenizer (file, release name or hf://)")
     p.add_argument("--codebook-size", type=int, default=16384)
     p.add_argument("--codebook-embed-dim", type=int, default=8)
     p.add_argument("--dataset", default="imagenet", help="prefix of the output folders")
