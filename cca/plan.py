@@ -31,7 +31,6 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 FP32, HALF = 4, 2
 CONV_LIVE_MAPS = 5     # a no-grad ResnetBlock holds its input, conv1's output, norm2+silu's output and conv2's
                        # output at once; the convolution's workspace about one more (measured on the CPU)
-PRECISIONS = ("fp32", "amp", "half")     # fp32 | autocast over fp32 weights | parameters themselves in half
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class Activations:
 class Finetune:
     net: Net
     act: Activations
-    precision: str            # one of PRECISIONS
+    precision: str            # fp32 | amp (autocast over fp32 weights) | half (parameters cast: FSDP mixed precision)
     world: int
     shard: int                # processes sharing one copy of weights / gradients / optimizer (1: DDP)
     mode: str                 # ddp | fsdp | sdp | hsdp (LlamaGen's --data-parallel names)
@@ -138,8 +137,15 @@ def dropout_mask_bytes(device: str, element_bytes: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ fine-tune
+def _param_bytes(s: Finetune) -> int:
+    return HALF if s.precision == "half" else FP32           # FSDP's unsharded parameters in the passes
+
+
 def _weight_bytes(s: Finetune) -> int:
-    return 2 * FP32 * s.net.params // s.shard + s.frozen_bytes        # policy + reference
+    """Policy + reference (+ frozen tokenizer); with sdp the reference, never resharded after its forward, stays
+    unsharded too."""
+    kept = _param_bytes(s) * (s.net.params - s.net.root_params) if s.mode == "sdp" and s.world > 1 else 0
+    return 2 * FP32 * s.net.params // s.shard + s.frozen_bytes + kept
 
 
 def _grad_bytes(s: Finetune) -> int:
@@ -157,7 +163,7 @@ def _gathered_bytes(s: Finetune, with_grads: bool) -> int:
     backward one block's unsharded fp32 gradient; with sdp every block stays unsharded between the passes."""
     if s.mode == "ddp" or s.world == 1:
         return 0
-    pbytes = HALF if s.precision == "half" else FP32
+    pbytes = _param_bytes(s)
     n = s.net
     gathered = pbytes * (n.root_params + 2 * n.block_params) + (FP32 * n.block_params if with_grads else 0)
     return gathered + (pbytes * (n.params - n.root_params) if s.mode == "sdp" else 0)
@@ -199,8 +205,6 @@ def finetune_memory(s: Finetune, micro: int | None = None) -> dict[str, float]:
     b = micro or s.micro
     parts = {"weights": float(_weight_bytes(s)), "gradients": float(_grad_bytes(s)),
              "optimizer": float(_optimizer_bytes(s)), "batch": s.batch_bytes_per_row * b * s.accum}
-    if s.mode == "sdp" and s.world > 1:      # the reference is never resharded after its forward
-        parts["weights"] += HALF * (s.net.params - s.net.root_params)
     parts["transient"] = max(finetune_transients(s, b).values())
     parts["total"] = sum(parts.values())
     return parts
@@ -264,6 +268,8 @@ def add_dry_run_args(parser: argparse.ArgumentParser) -> None:
 
 def plan_world(args: argparse.Namespace) -> tuple[int, int]:
     """(world size, processes per node) for the dry run."""
+    if args.gpu_mem <= 0:
+        raise SystemExit(f"--gpu-mem: expected GiB > 0, got {args.gpu_mem}")
     if args.gpus is None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -274,8 +280,6 @@ def plan_world(args: argparse.Namespace) -> tuple[int, int]:
         raise SystemExit(f"--gpus: expected N or NODESxPER_NODE (e.g. 8 or 2x8), got {args.gpus!r}") from None
     if nodes < 1 or per_node < 1:
         raise SystemExit(f"--gpus: expected positive counts, got {args.gpus!r}")
-    if args.gpu_mem <= 0:
-        raise SystemExit(f"--gpu-mem: expected GiB > 0, got {args.gpu_mem}")
     return nodes * per_node, per_node
 
 
