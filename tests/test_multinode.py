@@ -81,13 +81,6 @@ def llamagen(tmp_path_factory) -> dict:
     return {**assets, "root": root, "codes": root / "codes"}
 
 
-def test_var_sampler(var_ws):
-    args = lambda out: [str(REPO / "VAR_sample.py"), *sample_args(var_ws, var_ws / "ref.pth", "--sample_dir", out)]  # noqa: E731
-    two_nodes(args("two_nodes"), var_ws, rendezvous=True)
-    one_node(args("one_node"), var_ws)
-    assert_same_npz(var_ws / "two_nodes", var_ws / "one_node")
-
-
 def test_var_finetune(var_ws):
     two_nodes([str(REPO / "VAR_finetune.py"), *finetune_args(var_ws, "two_nodes")], var_ws)
     one_node([str(REPO / "VAR_finetune.py"), *finetune_args(var_ws, "one_node")], var_ws)
@@ -181,7 +174,9 @@ exit $rc
 """
 
 
-def test_slurm_script_launches_one_agent_per_node(var_ws, tmp_path):
+def test_slurm_script_and_var_sampler(var_ws, tmp_path):
+    """scripts/slurm_torchrun.sh under a stand-in srun: two agents meet at the first node's rendezvous and
+    VAR_sample.py writes the npz of one node with two processes."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(SRUN)
