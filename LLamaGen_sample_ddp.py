@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from cca import dist as cdist
 from cca.checkpoint import check_writable_dir, require_checkpoint
 from cca.compiling import compile_blocks
+from cca.plan import add_dry_run_args
 from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights, load_vq
 from LlamaGen.generate import generate
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--save-png", action="store_true", help="also write <index>.png files")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_dry_run_args(p)
     return p
 
 
@@ -92,6 +94,9 @@ def run_name(args: argparse.Namespace) -> str:
 @torch.no_grad()   # scoped: a caller's grad mode is back after main returns or raises (not a global switch)
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        from LlamaGen.plan import dry_run_sample
+        return dry_run_sample(args)
     check_args(args)
     dist = cdist.init(args.device)
     if dist.is_main:      # before any model is loaded

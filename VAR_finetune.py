@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cca.plan import add_dry_run_args
+
 
 def flag_bool(text: str) -> bool:
     """1/0, true/false, yes/no (the original VAR took --hflip=True / False)."""
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(resume.pt and ar-ckpt-last.pth); 0: only at the end")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue a run: a resume.pt path, or no value for <run folder>/resume.pt")
+    add_dry_run_args(p)
     return p
 
 
@@ -116,6 +119,9 @@ def check_args(args: argparse.Namespace, world: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        from VAR.plan import dry_run_finetune
+        return dry_run_finetune(args)
     from VAR.build import parse_patch_nums
     patch_nums = parse_patch_nums(args.pn)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cca.plan import add_dry_run_args
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="VAR_sample.py", description=__doc__.strip().splitlines()[0],
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_ch", type=int, default=160, help="VQVAE base width")
     p.add_argument("--vae_V", type=int, default=4096, help="VQVAE codebook size")
     p.add_argument("--vae_Cvae", type=int, default=32, help="VQVAE code width")
+    add_dry_run_args(p)
     return p
 
 
@@ -63,6 +66,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        from VAR.plan import dry_run_sample
+        return dry_run_sample(args)
     from VAR.build import parse_patch_nums
     patch_nums = parse_patch_nums(args.pn)
     check_args(args)

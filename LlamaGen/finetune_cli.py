@@ -20,6 +20,7 @@ from cca import dist as cdist
 from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
 from cca.compiling import compile_blocks
 from cca.loss import LOSS_TYPES
+from cca.plan import add_dry_run_args
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
@@ -94,6 +95,7 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
     else:
         t.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="bf16",
                        help="autocast dtype (fp16 uses a gradient scaler)")
+    add_dry_run_args(p)
     return p
 
 
@@ -163,6 +165,9 @@ def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | Non
 
 def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     args = build_parser(fsdp).parse_args(argv)
+    if args.dry_run:
+        from LlamaGen.plan import dry_run_finetune
+        return dry_run_finetune(args, fsdp)
     check_args(args, int(os.environ.get("WORLD_SIZE", "1")), fsdp)
     dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, args.dataset)
     check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
