@@ -45,8 +45,9 @@ def gpt_hint(num_classes: int) -> callable:
 
 def build_gpt(gpt_model: str, *, vocab_size: int, image_size: int, downsample_size: int, num_classes: int,
               device: torch.device | str = "cpu", dropout_p: float = 0.0, token_dropout_p: float = 0.0,
-              drop_path_rate: float = 0.0) -> Transformer:
-    """A class-conditional GPT of a registered size; built on ``device`` (use 'meta' before a load with assign)."""
+              drop_path_rate: float = 0.0, class_dropout_prob: float = 0.0) -> Transformer:
+    """A class-conditional GPT of a registered size; built on ``device`` (use 'meta' before a load with assign).
+    ``class_dropout_prob``: label dropout in training mode (the CCA fine-tunes: 1e-5 DDP, 1e-6 FSDP)."""
     if gpt_model not in GPT_SIZES:
         raise SystemExit(f"--gpt-model: unknown size {gpt_model!r}; choose from {', '.join(GPT_SIZES)}")
     if image_size % downsample_size:
@@ -54,7 +55,7 @@ def build_gpt(gpt_model: str, *, vocab_size: int, image_size: int, downsample_si
     n_layer, n_head, dim = GPT_SIZES[gpt_model]
     args = ModelArgs(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size, num_classes=num_classes,
                      block_size=(image_size // downsample_size) ** 2, cls_token_num=1, model_type="c2i",
-                     class_dropout_prob=0.0, token_dropout_p=token_dropout_p, resid_dropout_p=dropout_p,
+                     class_dropout_prob=class_dropout_prob, token_dropout_p=token_dropout_p, resid_dropout_p=dropout_p,
                      ffn_dropout_p=dropout_p, attn_dropout_p=0.0, drop_path_rate=drop_path_rate)
     with torch.device(device):
         return Transformer(args)
