@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(1.0: 0.1*depth/24; 0.0: none)")
     g.add_argument("--ref_dropout", type=int, default=1, choices=(0, 1), help="run the frozen reference with "
                    "drop path like the policy, in train mode (1, the original) or deterministically in eval mode (0)")
+    g.add_argument("--roll_per_micro_batch", type=flag_bool, default=False, help="negatives: labels rolled within "
+                   "each --ac micro-batch (1, the original) instead of over the process's whole batch (0)")
     g = p.add_argument_group("model")
     g.add_argument("--depth", type=int, default=16, help="VAR depth (16, 20, 24, 30 released)")
     g.add_argument("--num_classes", type=int, default=1000, help="classes (= class folders in --data_path)")
@@ -148,7 +150,8 @@ def train_config(args: argparse.Namespace, world: int, num_images: int, out_dir:
         warmup_start=args.wp0, final_lr_ratio=args.wpe, precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16],
         fp16_scaler=(2.0 ** 11, 1000, 2.0 ** 15), log_every=max(1, min(10, total_steps)),
         ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
-        ckpt_every=max(args.ckpt_every, 0), split_halves=not args.joint_halves, no_decay_keys=VAR_NO_DECAY_KEYS,
+        ckpt_every=max(args.ckpt_every, 0), split_halves=not args.joint_halves,
+        roll_per_micro_batch=args.roll_per_micro_batch, no_decay_keys=VAR_NO_DECAY_KEYS,
         extra={"cli": vars(args), "argv": sys.argv[1:]})
 
 

@@ -37,9 +37,9 @@ def gpt_hint(num_classes: int) -> callable:
             return "this is not a LlamaGen GPT checkpoint (no tok_embeddings / cls_embedding weights)"
         size = f"looks like {info['name']}; pass --gpt-model {info['name']}" if info["name"] else \
             f"{info['n_layer']} layers of width {info['dim']} (no registered size)"
-        classes = info["class_rows"] - 1 if info["class_rows"] > num_classes else info["class_rows"]
-        return (f"{size}; vocab {info['vocab_size']} (--vocab-size / --codebook-size), {classes} classes "
-                f"(--num-classes)")
+        classes = info["class_rows"] - 1          # the last row is the null (unconditional) class
+        fix = f"; pass --num-classes {classes}" if classes != num_classes else ""
+        return f"{size}; vocab {info['vocab_size']} (--vocab-size / --codebook-size), {classes} classes{fix}"
     return hint
 
 

@@ -55,11 +55,15 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
                           "the policy's dropout)")
     cca.add_argument("--grad-accum-mean", action="store_true",
                      help="average the micro-batch gradients (the original adds them up, then clips the sum)")
+    cca.add_argument("--roll-per-micro-batch", action="store_true",
+                     help="negatives: labels rolled within each micro-batch, as originally (default: over the "
+                          "process's whole batch, so the pairing does not depend on the accumulation steps)")
     m = p.add_argument_group("model and data")
     m.add_argument("--gpt-model", choices=list(GPT_SIZES), default="GPT-B")
     m.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models")
     m.add_argument("--code-path", required=True, help="folder with imagenet<size>_codes/ and imagenet<size>_labels/")
-    m.add_argument("--dataset", default="imagenet", help="prefix of the code folders (imagenet -> imagenet384_codes)")
+    m.add_argument("--dataset", default="imagenet_code", help="imagenet_code (the original's only code data set: "
+                   "<code-path>/imagenet<size>_codes), or another prefix of the code folders")
     m.add_argument("--image-size", type=int, default=256)
     m.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
     m.add_argument("--vocab-size", type=int, default=16384, help="codebook size of the tokenizer")
@@ -225,13 +229,15 @@ def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str
                        ckpt_every=args.ckpt_every, ckpt_steps=(5000,), ema=0.9999 if args.ema else 0.0,
                        ref_train_mode=not args.ref_eval_mode, seed=args.global_seed, resume=resume,
                        num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp",
-                       split_halves=not args.joint_halves, extra=vars(args))
+                       split_halves=not args.joint_halves, roll_per_micro_batch=args.roll_per_micro_batch,
+                       extra=vars(args))
 
 
 def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     args = build_parser(fsdp).parse_args(argv)
     check_args(args, int(os.environ.get("WORLD_SIZE", "1")), fsdp)
-    dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, args.dataset)
+    prefix = "imagenet" if args.dataset == "imagenet_code" else args.dataset
+    dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, prefix)
     check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
     policy = build_policy(args, fsdp)                   # a bad checkpoint fails before any output
     dist = cdist.init()

@@ -44,6 +44,7 @@ class TrainConfig:
     ema: float = 0.0                     # EMA decay; 0: off
     ref_train_mode: bool = False         # run the reference with dropout (the original LlamaGen behaviour)
     split_halves: bool = True            # CCA / unlearning: positive then negative half, each forward+backward
+    roll_per_micro_batch: bool = False   # negatives rolled within each micro-batch (the originals), not the batch
     seed: int = 0
     resume: str | None = None            # None, "auto" (out_dir/resume.pt if present) or a path
     max_nonfinite: int = 20              # abort after this many consecutive skipped (non-finite) steps

@@ -153,6 +153,27 @@ class Trainer:
                                    "delta_neg": logp_neg.detach().float() - ref_logp[b:].float()})
         return loss, metrics
 
+    def _conditions(self, labels: torch.Tensor) -> list:
+        """The Conditions of every micro-batch: labels rolled over the whole per-rank batch, or within each
+        micro-batch (``roll_per_micro_batch``, the originals); null-class draws one uniform per row."""
+        cfg, B = self.cfg, labels.shape[0]
+        if B % cfg.grad_accum:
+            raise ValueError(f"batch of {B} rows is not divisible by grad_accum {cfg.grad_accum}")
+        draws = None
+        if cfg.uncond_ratio > 0:
+            draws = (self.hooks.uniforms or (lambda n: torch.rand(n, generator=self.cond_gen)))(B)
+        mb = B // cfg.grad_accum
+        slices = [slice(j * mb, (j + 1) * mb) for j in range(cfg.grad_accum)]
+
+        def make(rows: slice):
+            return make_conditions(labels[rows].cpu(), self.adapter.num_classes, cfg.uncond_ratio,
+                                   uniform_draws=None if draws is None else draws[rows])
+
+        if cfg.roll_per_micro_batch:
+            return [make(rows) for rows in slices]
+        whole = make(slice(None))
+        return [whole.select(rows) for rows in slices]
+
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """One optimizer step on one per-rank batch; returns detached metric tensors (no host sync)."""
         cfg = self.cfg
@@ -160,28 +181,21 @@ class Trainer:
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.adapter.num_classes):
             raise ValueError(f"labels must be in [0, {self.adapter.num_classes}), got "
                              f"[{int(labels.min())}, {int(labels.max())}]")
-        B = labels.shape[0]
-        draws = None
-        if cfg.uncond_ratio > 0:
-            draws = (self.hooks.uniforms or (lambda n: torch.rand(n, generator=self.cond_gen)))(B)
-        cond = make_conditions(labels.cpu(), self.adapter.num_classes, cfg.uncond_ratio, uniform_draws=draws)
-        if B % cfg.grad_accum:
-            raise ValueError(f"batch of {B} rows is not divisible by grad_accum {cfg.grad_accum}")
-        mb = B // cfg.grad_accum
+        conds = self._conditions(labels)
+        mb = labels.shape[0] // cfg.grad_accum
         scale = 1.0 / cfg.grad_accum if cfg.grad_accum_reduction == "mean" else 1.0
         self.policy.train()
         self.reference.train(cfg.ref_train_mode)
         sums: dict[str, torch.Tensor] = {}
-        for j in range(cfg.grad_accum):
+        for j, cond in enumerate(conds):
             rows = slice(j * mb, (j + 1) * mb)
-            last = j == cfg.grad_accum - 1
-            loss, metrics = self._micro_step(cond.select(rows), inputs[rows], targets[rows], scale, last)
+            loss, metrics = self._micro_step(cond, inputs[rows], targets[rows], scale, j == cfg.grad_accum - 1)
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 if k == "delta_neg_null":
                     continue
                 sums[k] = sums.get(k, 0) + v.float() / cfg.grad_accum
-        if cond.neg_is_positive is not None:   # same keys on every rank (all_reduce_dict)
-            sums["null_fraction"] = cond.null_rows.float().mean()
+        if cfg.uncond_ratio > 0:   # same keys on every rank (all_reduce_dict)
+            sums["null_fraction"] = torch.cat([c.null_rows for c in conds]).float().mean()
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)

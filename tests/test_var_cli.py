@@ -4,6 +4,7 @@ valid, shuffled, resumable npz; plus the one-line errors for bad input."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,19 @@ def test_finetune_two_steps_then_sample_npz(ws):
     assert len(list(parts.glob("*.idx.npy"))) == 3
 
 
+def test_sample_reruns_never_keep_a_result_of_other_settings(ws, capsys):
+    ckpt, out = ws / "ref.pth", ws / "reruns"
+    VAR_sample.main(sample_args(ws, ckpt, "--num_per_class", "1", "--sample_dir", str(out)))
+    VAR_sample.main(sample_args(ws, ckpt, "--num_per_class", "2", "--sample_dir", str(out)))   # another file
+    files = sorted(out.glob("*.npz"))
+    assert [np.load(f)["arr_0"].shape[0] for f in files] == [2, 4]
+    for parts in out.glob("*.parts"):                   # finished runs whose shards were cleaned away
+        shutil.rmtree(parts)
+    msg = one_line_exit(VAR_sample.main, sample_args(ws, ckpt, "--num_per_class", "2", "--sample_dir", str(out),
+                                                     "--round_uint8", "1"), capsys)
+    assert "other settings" in msg and "round_uint8: False -> True" in msg
+
+
 def test_help_lists_every_flag_of_the_seed_commands():
     text = VAR_finetune.build_parser().format_help()
     for flag in ("--depth", "--bs", "--ep", "--tblr", "--fp16", "--alng", "--wpe", "--twde", "--loss_type", "--beta",
@@ -166,6 +180,8 @@ def test_bad_finetune_input_fails_fast_with_one_line(ws, tmp_path, capsys):
 def test_bad_sample_input_fails_fast_with_one_line(ws, capsys):
     msg = one_line_exit(VAR_sample.main, sample_args(ws, ws / "ref.pth", "--depth", "4"), capsys)
     assert msg.startswith("--ckpt_path") and "pass --depth 2" in msg
+    msg = one_line_exit(VAR_sample.main, sample_args(ws, ws / "ref.pth", "--pn", "1_2_3"), capsys)
+    assert "5 tokens" in msg and "pass --pn 1_2" in msg
     msg = one_line_exit(VAR_sample.main, sample_args(ws, ws / "missing.pth"), capsys)
     assert "--ckpt_path" in msg and "not found" in msg
     assert "--vae_ckpt" in one_line_exit(VAR_sample.main, sample_args(ws, ws / "ref.pth", "--vae_ch", "64"), capsys)
