@@ -68,6 +68,9 @@ def check_run_folder(run_dir: Path, ref: dict[str, torch.Tensor]) -> None:
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     sd = torch.load(run_dir / "ar-ckpt-last.pth", map_location="cpu", weights_only=True)
     assert set(sd) == set(ref) and all(isinstance(v, torch.Tensor) for v in sd.values())   # a plain state dict
+    # ... that the original VAR_sample.py's plain torch.load + strict load_state_dict accepts
+    build_var(build_vae(V=64, Cvae=8, ch=32, patch_nums=(1, 2)), depth=2, num_classes=2,
+              patch_nums=(1, 2)).load_state_dict(torch.load(run_dir / "ar-ckpt-last.pth"), strict=True)
     assert any(not torch.equal(sd[k], ref[k]) for k in ref), "fine-tuning changed nothing"
 
 
