@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bs", type=int, default=768, help="global batch per optimizer step")
     g.add_argument("--ac", type=int, default=1, help="gradient accumulation steps")
     g.add_argument("--ep", type=int, default=250, help="epochs")
-    g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: --ep epochs)")
+    g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: --ep "
+                   "epochs); the lr / wd schedule stays the one --ep defines")
     g.add_argument("--tblr", type=float, default=1e-4, help="base learning rate (lr = tblr * bs / 256)")
     g.add_argument("--twd", type=float, default=0.05, help="initial weight decay")
     g.add_argument("--twde", type=float, default=0.0, help="final weight decay (0: same as --twd)")

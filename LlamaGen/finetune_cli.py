@@ -81,7 +81,7 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
     t.add_argument("--gradient-accumulation-steps", "--gradient-accumulation-step", dest="grad_accum", type=int,
                    default=1, help="micro-batches per optimizer step")
     t.add_argument("--epochs", type=float, default=300)
-    t.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
+    t.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: --epochs)")
     t.add_argument("--lr", type=float, default=1e-4, help="constant learning rate (no warmup, no decay)")
     t.add_argument("--weight-decay", type=float, default=5e-2, help="on >= 2-D parameters only")
     t.add_argument("--beta1", type=float, default=0.9)
