@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cca import dist as cdist
 from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
 from cca.compiling import compile_blocks
 from cca.loss import LOSS_TYPES
+from cca.train_config import TORCH_FP16_SCALER
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
@@ -225,7 +225,7 @@ def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str
                        max_grad_norm=args.max_grad_norm, grad_accum=args.grad_accum,
                        grad_accum_reduction="mean" if args.grad_accum_mean else "sum", epochs=args.epochs,
                        max_steps=args.max_steps or None, precision=PRECISION[args.mixed_precision],
-                       fp16_scaler=None if fsdp else (2.0 ** 16, 2000, math.inf), log_every=args.log_every,
+                       fp16_scaler=None if fsdp else TORCH_FP16_SCALER, log_every=args.log_every,
                        ckpt_every=args.ckpt_every, ckpt_steps=(5000,), ema=0.9999 if args.ema else 0.0,
                        ref_train_mode=not args.ref_eval_mode, seed=args.global_seed, resume=resume,
                        num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp",

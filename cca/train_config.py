@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from cca.loss import _canonical
 from cca.schedule import check_schedule
 
+TORCH_FP16_SCALER = (2.0 ** 16, 2000, math.inf)   # torch's GradScaler: initial scale, growth interval; no cap
+
 
 @dataclass
 class TrainConfig:
@@ -36,7 +38,7 @@ class TrainConfig:
     warmup_start: float = 0.005          # VAR --wp0
     final_lr_ratio: float = 0.01         # VAR --wpe
     precision: str = "fp32"              # fp32 | fp16 | bf16 (autocast)
-    fp16_scaler: tuple[float, int, float] | None = (2.0 ** 16, 2000, math.inf)  # init, growth interval, cap; None: off
+    fp16_scaler: tuple[float, int, float] | None = TORCH_FP16_SCALER   # init, growth interval, cap; None: off
     shuffle: bool = True                 # a seeded permutation per epoch (False: dataset order)
     log_every: int = 10
     ckpt_every: int = 0                  # optimizer steps between resumable checkpoints; 0: only at the end

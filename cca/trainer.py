@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from cca.conditions import make_conditions
 from cca.data import ResumableBatchSampler, SeededFetch
 from cca.loss import compute_loss, is_separable, sequence_logprob
 from cca.schedule import apply_lr_wd, build_adamw, lr_wd_at
-from cca.train_config import TrainConfig
+from cca.train_config import TORCH_FP16_SCALER, TrainConfig
 
 
 class Adapter(Protocol):
@@ -69,7 +68,7 @@ class Trainer:
         self.optimizer = build_adamw(policy, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                      eps=cfg.adam_eps, fused=cfg.fused_adamw, no_decay_keys=tuple(cfg.no_decay_keys))
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
-        init_scale, growth_interval, self.max_scale = cfg.fp16_scaler or (2.0 ** 16, 2000, math.inf)
+        init_scale, growth_interval, self.max_scale = cfg.fp16_scaler or TORCH_FP16_SCALER
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=init_scale, growth_interval=growth_interval,
                                            enabled=cfg.precision == "fp16" and cfg.fp16_scaler is not None)
         self.cond_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
@@ -326,8 +325,8 @@ class Trainer:
                     self.tb.add_scalar(f"train/{k}", v, self.step)
         return last
 
-    def _start(self, per_epoch: int) -> tuple[int, object]:
-        """Resume if asked, open the logs; returns (steps to run in all, progress bar or None)."""
+    def _start(self, per_epoch: int) -> tuple[int, int, object]:
+        """Resume if asked, open the logs; returns (steps the epochs make, steps to run, progress bar or None)."""
         cfg = self.cfg
         epoch_steps = max(1, int(round(cfg.epochs * per_epoch)))
         total = min(epoch_steps, cfg.max_steps) if cfg.max_steps and cfg.max_steps > 0 else epoch_steps
@@ -344,7 +343,7 @@ class Trainer:
                           f", resumed at step {self.step}" if resume else "")
             from tqdm.auto import tqdm
             bar = tqdm(total=total, initial=self.step, desc="CCA fine-tune", dynamic_ncols=True)
-        return total, bar
+        return epoch_steps, total, bar
 
     def _fit(self, dataset: Dataset, collate_fn=None) -> dict[str, float]:
         cfg = self.cfg
@@ -354,8 +353,7 @@ class Trainer:
         if per_epoch == 0:
             raise SystemExit(f"dataset of {len(dataset)} items is smaller than one global batch "
                              f"({self.dist.world_size} processes x {cfg.batch_size} rows)")
-        total, bar = self._start(per_epoch)
-        epoch_steps = max(1, int(round(cfg.epochs * per_epoch)))
+        epoch_steps, total, bar = self._start(per_epoch)
         acc: dict[str, torch.Tensor] = {}
         n_acc, last, t0 = 0, {}, time.time()
         fetch = SeededFetch(dataset, cfg.seed)    # augmentation draws independent of workers and resumes

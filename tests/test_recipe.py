@@ -57,7 +57,7 @@ def test_llamagen_seed_command_trains_the_original_recipe(tmp_path, fsdp):
     assert (cfg.lr, cfg.weight_decay, cfg.max_grad_norm, cfg.schedule, cfg.warmup_steps) == (1e-5, 0.05, 1.0,
                                                                                               "constant", 0.0)
     assert cfg.precision == "bf16" and cfg.ref_train_mode is True and cfg.fused_adamw is True
-    assert cfg.fp16_scaler == (None if fsdp else (2.0 ** 16, 2000, math.inf))   # the FSDP script has no scaler
+    assert cfg.fp16_scaler == (None if fsdp else (2.0 ** 16, 2000, math.inf))   # torch's; the FSDP script: none
     assert cfg.ckpt_every == 5000 and 5000 in cfg.ckpt_steps
     assert finetune_cli.model_kwargs(args, fsdp) == dict(class_dropout_prob=1e-6 if fsdp else 1e-5, dropout_p=0.1,
                                                          token_dropout_p=0.1, drop_path_rate=0.0)
