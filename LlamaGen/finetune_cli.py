@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     log = logging.getLogger("cca")
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     if args.ref_eval_mode and not args.keep_dropout:
-        log.warning("--ref-eval-mode without --keep_dropout: the reference has no dropout to switch off")
+        log.warning("--ref-eval-mode without --keep_dropout switches off only the reference's label dropout (1e-5)")
     policy, reference = place_models(policy, args, dist, fsdp, log)
     if dist.is_main:
         log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,

@@ -56,11 +56,12 @@ def _weights(path):
     return ckpt["model"] if "model" in ckpt else ckpt
 
 
-def _sample(assets, ckpt, samples):
+def _sample(assets, ckpt, samples, *extra):
     LLamaGen_sample_ddp.main([f"--vq-ckpt={assets['vq']}", f"--ckpt_path={ckpt}", "--gpt-model=GPT-debug",
                               f"--image-size={IMAGE}", "--image-size-eval=32", "--per-proc-batch-size=4",
                               "--cfg-scale=1.0", "--num-fid-samples=10", f"--codebook-size={VOCAB}",
-                              f"--codebook-embed-dim={EMBED}", f"--num-classes={CLASSES}", f"--sample-dir={samples}"])
+                              f"--codebook-embed-dim={EMBED}", f"--num-classes={CLASSES}", f"--sample-dir={samples}",
+                              *extra])
 
 
 def test_extract_finetune_ddp_fsdp_sample(assets):
@@ -103,3 +104,5 @@ def test_extract_finetune_ddp_fsdp_sample(assets):
     _sample(assets, ddp_dir / "checkpoints/0000002.pt", samples)        # rerun: everything done, same file
     with np.load(npz_files[0]) as npz:
         assert np.array_equal(npz["arr_0"], images) and np.array_equal(npz["arr_1"], labels)
+    with pytest.raises(SystemExit, match="other settings .*dtype"):       # not in the name: refused, not reused
+        _sample(assets, ddp_dir / "checkpoints/0000002.pt", samples, "--precision=fp16")
