@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d = cdist.init()
     cdist.set_tf32(args.tf32)
+    torch.backends.cudnn.deterministic = True        # as the original sampler
     sample_dir = check_writable_dir(args.sample_dir, "--sample_dir") if d.is_main else Path(args.sample_dir)
     cdist.barrier()
     name = run_name(args)
