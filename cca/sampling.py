@@ -76,8 +76,8 @@ class ShardedNpzWriter:
     done (as found when the writer was made, on every rank before a barrier), in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
     first, then the index file, each written to a temp name and renamed), so a killed run loses at most the batch
     in flight and a rerun (with any world size) produces every index exactly once. ``finalize`` (rank 0, after a
-    barrier) writes ``<out>/<name>.npz`` with ``arr_0`` uint8 (N, H, W, 3), ``arr_1`` int64 labels and ``settings``
-    (the JSON text of ``settings``), in index order or shuffled by ``numpy.random.RandomState(shuffle_seed)``'s
+    barrier) writes ``<out>/<name>.npz`` with ``arr_0`` uint8 (N, H, W, 3), ``arr_1`` int64 labels and, if given,
+    ``settings`` (their JSON text), in index order or shuffled by ``numpy.random.RandomState(shuffle_seed)``'s
     permutation (the original VAR_sample.py's order; ADM's Inception Score uses contiguous splits, so a
     class-sorted file scores wrong).
 
@@ -193,8 +193,9 @@ class ShardedNpzWriter:
                     f.write(np.ascontiguousarray(chunks[where[i]][1][pos_in_chunk[int(i)]]).tobytes())
             with zf.open("arr_1.npy", "w") as f:
                 np.save(f, self.labels[order])
-            with zf.open("settings.npy", "w") as f:
-                np.save(f, np.array(self.settings))
+            if self.settings != "{}":
+                with zf.open("settings.npy", "w") as f:
+                    np.save(f, np.array(self.settings))
         os.replace(tmp, self.npz_path)
         return self.npz_path
 
