@@ -132,6 +132,11 @@ def check_args(args: argparse.Namespace, world: int) -> int:
     return micro
 
 
+def steps_per_epoch(args: argparse.Namespace, world: int, num_images: int) -> int:
+    """Optimizer steps in one epoch: whole global batches of round(bs / ac / world) x ac x world images."""
+    return num_images // (world * round(args.bs / args.ac / world) * args.ac)
+
+
 def train_config(args: argparse.Namespace, world: int, num_images: int, out_dir: str | Path):
     """The original recipe from the flags: per-process micro-batch round(bs / ac / world), lr = ac x tblr x
     (micro x world) / 256, mean of the micro-batch gradients, the schedule indexed by micro-iteration over
@@ -140,7 +145,7 @@ def train_config(args: argparse.Namespace, world: int, num_images: int, out_dir:
     from VAR.adapter import VAR_NO_DECAY_KEYS
     micro = round(args.bs / args.ac / world)
     iters_per_epoch = math.ceil(num_images / (micro * world))
-    total_steps = args.ep * (num_images // (world * micro * args.ac))
+    total_steps = args.ep * steps_per_epoch(args, world, num_images)
     return TrainConfig(
         out_dir=str(out_dir), batch_size=micro * args.ac, grad_accum=args.ac, grad_accum_reduction="mean",
         loss_type=args.loss_type, beta=args.beta, lambda_=args.lambda_, uncond_ratio=args.uncond_ratio,
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     cdist.set_tf32(args.tf32)
     dataset = build_train_dataset(args.data_path, patch_nums[-1] * 16, mid_reso=args.mid_reso, hflip=args.hflip,
                                   num_classes=args.num_classes)
-    if len(dataset) // (d.world_size * micro * args.ac) == 0:
+    if steps_per_epoch(args, d.world_size, len(dataset)) == 0:
         raise SystemExit(f"--data_path: {len(dataset)} images are fewer than one global batch "
                          f"({d.world_size} x {micro * args.ac}); lower --bs")
     seed = args.seed * d.world_size + d.rank
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer = Trainer(policy, reference, VARAdapter(vae, args.num_classes), cfg, dist=d, export=export)
     if d.is_main:
-        steps = args.ep * (len(dataset) // (d.world_size * micro * args.ac))
+        steps = args.ep * steps_per_epoch(args, d.world_size, len(dataset))
         print(f"[VAR_finetune] depth {args.depth}, {len(dataset)} images in {args.num_classes} classes, "
               f"{d.world_size} process(es) x {micro} rows x {args.ac} accumulation, lr {cfg.lr:.3g}, "
               f"{min(steps, args.max_steps or steps)} steps -> {out_dir}", flush=True)
