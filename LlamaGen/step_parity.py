@@ -17,8 +17,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from cca import dist as cdist
 from cca.parity import run_recorded_steps
+from cca.trainer import Trainer
 
+from . import finetune_cli
+from .adapter import LlamaGenAdapter
 from .gpt import GPT_SIZES
 
 
@@ -48,11 +52,6 @@ def _flag(flags: list[str], name: str) -> str:
 
 
 def cca_step_llamagen(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
-    from cca import dist as cdist
-    from cca.trainer import Trainer
-
-    from .adapter import LlamaGenAdapter
-    from . import finetune_cli
     fixture_dir = Path(fixture_dir)
     flags = [*config["cli_flags"], f"--max-steps={int(config['data']['optimizer_steps'])}"]
     inputs = load_file(str(fixture_dir / "inputs.safetensors"))

@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from cca import dist as cdist
 from cca.checkpoint import load_strict
 from cca.parity import run_recorded_steps
+from cca.trainer import Trainer
 
 from .adapter import VARAdapter
 from .build import build_var, parse_patch_nums
@@ -25,7 +27,6 @@ from .parity import vqvae_from_fixture
 
 def cca_step_var(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
     import VAR_finetune                                   # the entry script (repository root on sys.path)
-    from cca import dist as cdist
     fixture_dir = Path(fixture_dir)
     steps = int(config["data"]["optimizer_steps"])
     args = VAR_finetune.build_parser().parse_args([*config["cli_flags"], f"--max_steps={steps}"])
@@ -44,7 +45,6 @@ def cca_step_var(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
     dist = cdist.init()
 
     def make_trainer(hooks, out_dir):
-        from cca.trainer import Trainer
         num_images = int(config["data"].get("dataset_len", len(dataset)))    # sets the schedule's length
         cfg = VAR_finetune.train_config(args, dist.world_size, num_images, out_dir)
         return Trainer(*models, VARAdapter(vae, args.num_classes), cfg, dist=dist, hooks=hooks)
