@@ -104,6 +104,15 @@ def sample_settings(args: argparse.Namespace, dtype: torch.dtype) -> dict:
     return {**{k: getattr(args, k) for k in keys}, **paths, "dtype": str(dtype)}
 
 
+def make_writer(args: argparse.Namespace, name: str, dist: cdist.Dist, dtype: torch.dtype) -> ShardedNpzWriter:
+    """The npz writer: every sample index's class (uniform draws, or balanced), in index order, with the settings."""
+    draw = balanced_labels if args.balanced_labels else random_labels
+    labels = draw(args.num_fid_samples, args.num_classes, seed=args.global_seed)
+    return ShardedNpzWriter(args.sample_dir, name, labels, rank=dist.rank, world=dist.world_size,
+                            batch_size=args.per_proc_batch_size, shuffle_seed=None,
+                            settings=sample_settings(args, dtype))
+
+
 @torch.no_grad()   # scoped: a caller's grad mode is back after main returns or raises (not a global switch)
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
@@ -119,11 +128,8 @@ def main(argv: list[str] | None = None) -> None:
 
     latent = args.image_size // args.downsample_size
     name = run_name(args)
-    draw = balanced_labels if args.balanced_labels else random_labels
-    labels = draw(args.num_fid_samples, args.num_classes, seed=args.global_seed)
-    writer = ShardedNpzWriter(args.sample_dir, name, labels, rank=dist.rank, world=dist.world_size,
-                              batch_size=args.per_proc_batch_size, shuffle_seed=None,
-                              settings=sample_settings(args, dtype))
+    writer = make_writer(args, name, dist, dtype)
+    labels = writer.labels
     if writer.finished():
         if dist.is_main:
             print(f"{writer.npz_path} already exists (same settings); nothing to do")

@@ -33,6 +33,22 @@ def flag_bool(text: str) -> bool:
     return value
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Data, output folder, seeding and resume flags."""
+    g = p.add_argument_group("data and run")
+    g.add_argument("--data_path", required=True, help="ImageNet-style folder: <class>/<image> (or train/<class>/...)")
+    g.add_argument("--hflip", type=flag_bool, default=False, help="random horizontal flips (1/0, true/false)")
+    g.add_argument("--mid_reso", type=float, default=1.125, help="resize to mid_reso x size, then random-crop")
+    g.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation, null-class draws")
+    g.add_argument("--exp_name", default="default", help="run folder name under --local_out_dir")
+    g.add_argument("--local_out_dir", default="local_output", help="parent of the run folder")
+    g.add_argument("--ckpt_every", type=int, default=1000, help="optimizer steps between resumable checkpoints "
+                   "(resume.pt and ar-ckpt-last.pth); 0: only at the end")
+    g.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue a run: a resume.pt path, or no value for <run folder>/resume.pt")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="VAR_finetune.py", description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
@@ -84,18 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--joint_halves", type=flag_bool, default=False,
                    help="CCA/unlearning: matched and mismatched rows in one 2B pass (more activation memory) "
                         "instead of one after the other")
-    g = p.add_argument_group("data and run")
-    g.add_argument("--data_path", required=True, help="ImageNet-style folder: <class>/<image> (or train/<class>/...)")
-    g.add_argument("--hflip", type=flag_bool, default=False, help="random horizontal flips (1/0, true/false)")
-    g.add_argument("--mid_reso", type=float, default=1.125, help="resize to mid_reso x size, then random-crop")
-    g.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
-    g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation, null-class draws")
-    g.add_argument("--exp_name", default="default", help="run folder name under --local_out_dir")
-    g.add_argument("--local_out_dir", default="local_output", help="parent of the run folder")
-    g.add_argument("--ckpt_every", type=int, default=1000, help="optimizer steps between resumable checkpoints "
-                   "(resume.pt and ar-ckpt-last.pth); 0: only at the end")
-    g.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue a run: a resume.pt path, or no value for <run folder>/resume.pt")
+    _add_run_flags(p)
     return p
 
 

@@ -79,6 +79,21 @@ def check_args(args: argparse.Namespace) -> None:
         require_checkpoint(path, flag)
 
 
+def load_models(args: argparse.Namespace, patch_nums: tuple[int, ...], device: torch.device):
+    """(vae, var) for sampling, built on meta and loaded strictly from --vae_ckpt / --ckpt_path, in eval mode."""
+    from cca.checkpoint import CheckpointError
+    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
+    try:
+        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
+        load_vae_weights(vae, args.vae_ckpt)
+        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
+                        shared_aln=args.saln, cond_drop_rate=0.0, device="meta")
+        load_var_weights(var, args.ckpt_path, flag="--ckpt_path")
+    except CheckpointError as e:
+        raise SystemExit(str(e)) from None
+    return vae.to(device).eval(), var.to(device).eval().requires_grad_(False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from VAR.build import parse_patch_nums
@@ -88,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from cca import dist as cdist
-    from cca.checkpoint import CheckpointError, check_writable_dir
+    from cca.checkpoint import check_writable_dir
     from cca.sampling import ShardedNpzWriter, to_uint8_nhwc
-    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
 
     d = cdist.init()
     cdist.set_tf32(args.tf32)
@@ -106,16 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[VAR_sample] {writer.npz_path} already exists (same settings); nothing to do", flush=True)
         return 0
 
-    try:
-        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
-        load_vae_weights(vae, args.vae_ckpt)
-        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
-                        shared_aln=args.saln, cond_drop_rate=0.0, device="meta")
-        load_var_weights(var, args.ckpt_path, flag="--ckpt_path")
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
-    vae.to(d.device).eval()
-    var.to(d.device).eval().requires_grad_(False)
+    _, var = load_models(args, patch_nums, d.device)
     png_dir = sample_dir / name if args.png else None
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)

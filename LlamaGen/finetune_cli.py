@@ -34,6 +34,46 @@ from LlamaGen.gpt import GPT_SIZES
 PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
+def _add_training_flags(p: argparse.ArgumentParser, fsdp: bool) -> None:
+    """The optimisation and run flags (the original's names and defaults; FSDP's precision flags)."""
+    t = p.add_argument_group("training")
+    t.add_argument("--results-dir", default="results")
+    t.add_argument("--global-batch-size", type=int, default=256)
+    t.add_argument("--gradient-accumulation-steps", "--gradient-accumulation-step", dest="grad_accum", type=int,
+                   default=1, help="micro-batches per optimizer step")
+    t.add_argument("--epochs", type=float, default=300)
+    t.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: --epochs)")
+    t.add_argument("--lr", type=float, default=1e-4, help="constant learning rate (no warmup, no decay)")
+    t.add_argument("--weight-decay", type=float, default=5e-2, help="on >= 2-D parameters only")
+    t.add_argument("--beta1", type=float, default=0.9)
+    t.add_argument("--beta2", type=float, default=0.95)
+    t.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    t.add_argument("--global-seed", type=int, default=0)
+    t.add_argument("--num-workers", type=int, default=24)
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--ckpt-every", type=int, default=5000,
+                   help="optimizer steps between checkpoints (step 5000 is always saved, as originally)")
+    t.add_argument("--ema", action="store_true", help="keep an EMA (decay 0.9999) of the policy (DDP script only)")
+    t.add_argument("--resume", default=None,
+                   help="'auto' (latest run of this --expid/--gpt-model with resume.pt), a run folder, or resume.pt")
+    t.add_argument("--no-local-save", action="store_true", help="write no checkpoints/<step>.pt weight files")
+    t.add_argument("--no-compile", action="store_true", help="do not torch.compile the blocks (never on CPU)")
+    t.add_argument("--no-tf32", action="store_true", help="full float32 CUDA matmuls (the original allows TF32)")
+    t.add_argument("--joint-halves", action="store_true",
+                   help="CCA/unlearning: run matched and mismatched rows in one 2B pass (more activation memory, "
+                        "one all-gather per FSDP forward) instead of one after the other")
+    if fsdp:
+        t.add_argument("--mixed-precision", choices=["none", "fp32", "tf32", "fp16", "bf16"], default="bf16",
+                       help="FSDP parameter dtype in forward/backward, and the autocast dtype")
+        t.add_argument("--grad-precision", choices=["fp32", "fp16", "bf16"], default=None,
+                       help="FSDP gradient reduce dtype (default: that of --mixed-precision, as originally)")
+        t.add_argument("--data-parallel", choices=["fsdp", "sdp", "hsdp"], default="fsdp",
+                       help="full shard / shard grads+optimizer only / shard within a node, replicate across")
+    else:
+        t.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="bf16",
+                       help="autocast dtype (fp16 uses a gradient scaler)")
+
+
 def build_parser(fsdp: bool) -> argparse.ArgumentParser:
     name = "LlamaGen_finetune_fsdp.py" if fsdp else "LlamaGen_finetune.py"
     p = argparse.ArgumentParser(prog=name, allow_abbrev=False, description=(
@@ -75,42 +115,7 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
     m.add_argument("--drop-path-rate", type=float, default=0.0, help="stochastic depth with --keep_dropout")
     m.add_argument("--dropout-with-drop-path", action="store_true",
                    help="keep --dropout-p when --drop-path-rate > 0 (the original turns it off)")
-    t = p.add_argument_group("training")
-    t.add_argument("--results-dir", default="results")
-    t.add_argument("--global-batch-size", type=int, default=256)
-    t.add_argument("--gradient-accumulation-steps", "--gradient-accumulation-step", dest="grad_accum", type=int,
-                   default=1, help="micro-batches per optimizer step")
-    t.add_argument("--epochs", type=float, default=300)
-    t.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: --epochs)")
-    t.add_argument("--lr", type=float, default=1e-4, help="constant learning rate (no warmup, no decay)")
-    t.add_argument("--weight-decay", type=float, default=5e-2, help="on >= 2-D parameters only")
-    t.add_argument("--beta1", type=float, default=0.9)
-    t.add_argument("--beta2", type=float, default=0.95)
-    t.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    t.add_argument("--global-seed", type=int, default=0)
-    t.add_argument("--num-workers", type=int, default=24)
-    t.add_argument("--log-every", type=int, default=100)
-    t.add_argument("--ckpt-every", type=int, default=5000,
-                   help="optimizer steps between checkpoints (step 5000 is always saved, as originally)")
-    t.add_argument("--ema", action="store_true", help="keep an EMA (decay 0.9999) of the policy (DDP script only)")
-    t.add_argument("--resume", default=None,
-                   help="'auto' (latest run of this --expid/--gpt-model with resume.pt), a run folder, or resume.pt")
-    t.add_argument("--no-local-save", action="store_true", help="write no checkpoints/<step>.pt weight files")
-    t.add_argument("--no-compile", action="store_true", help="do not torch.compile the blocks (never on CPU)")
-    t.add_argument("--no-tf32", action="store_true", help="full float32 CUDA matmuls (the original allows TF32)")
-    t.add_argument("--joint-halves", action="store_true",
-                   help="CCA/unlearning: run matched and mismatched rows in one 2B pass (more activation memory, "
-                        "one all-gather per FSDP forward) instead of one after the other")
-    if fsdp:
-        t.add_argument("--mixed-precision", choices=["none", "fp32", "tf32", "fp16", "bf16"], default="bf16",
-                       help="FSDP parameter dtype in forward/backward, and the autocast dtype")
-        t.add_argument("--grad-precision", choices=["fp32", "fp16", "bf16"], default=None,
-                       help="FSDP gradient reduce dtype (default: that of --mixed-precision, as originally)")
-        t.add_argument("--data-parallel", choices=["fsdp", "sdp", "hsdp"], default="fsdp",
-                       help="full shard / shard grads+optimizer only / shard within a node, replicate across")
-    else:
-        t.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="bf16",
-                       help="autocast dtype (fp16 uses a gradient scaler)")
+    _add_training_flags(p, fsdp)
     return p
 
 
