@@ -53,19 +53,20 @@ def gpt_hint(model: Transformer) -> callable:
         if info["type"] == "t2i":
             return (f"{size}; {vocab}; {info['caption_dim']}-d caption features, {info['caption_tokens']} caption "
                     f"tokens (--cls-token-num)")
-        rows = info["class_rows"]
-        classes = rows - 1 if rows > model.num_classes else rows
-        return f"{size}; {vocab}, {classes} classes (--num-classes)"
+        classes = info["class_rows"] - 1          # the last row is the null (unconditional) class
+        fix = f"; pass --num-classes {classes}" if classes != model.num_classes else ""
+        return f"{size}; {vocab}, {classes} classes{fix}"
     return hint
 
 
 def build_gpt(gpt_model: str, *, vocab_size: int, image_size: int, downsample_size: int, num_classes: int,
               device: torch.device | str = "cpu", dropout_p: float = 0.0, token_dropout_p: float = 0.0,
-              drop_path_rate: float = 0.0, gpt_type: str = "c2i", cls_token_num: Optional[int] = None,
-              caption_dim: int = 2048) -> Transformer:
+              drop_path_rate: float = 0.0, class_dropout_prob: float = 0.0, gpt_type: str = "c2i",
+              cls_token_num: Optional[int] = None, caption_dim: int = 2048) -> Transformer:
     """A GPT of a registered size, class-conditional or (``gpt_type='t2i'``) text-conditional with
     ``cls_token_num`` caption tokens (default 120) of width ``caption_dim``; built on ``device`` (use 'meta'
-    before a load with assign). Label / caption dropout is off: fine-tuning makes its null rows itself.
+    before a load with assign). ``class_dropout_prob``: label / caption dropout in training mode (off unless asked;
+    the CCA fine-tunes use 1e-5 with DDP, 1e-6 with FSDP, as the original).
     A wrong ``gpt_type`` / ``cls_token_num`` raises the model's ValueError."""
     if gpt_model not in GPT_SIZES:
         raise SystemExit(f"--gpt-model: unknown size {gpt_model!r}; choose from {', '.join(GPT_SIZES)}")
@@ -75,7 +76,7 @@ def build_gpt(gpt_model: str, *, vocab_size: int, image_size: int, downsample_si
     n_layer, n_head, dim = GPT_SIZES[gpt_model]
     args = ModelArgs(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size, num_classes=num_classes,
                      block_size=(image_size // downsample_size) ** 2, cls_token_num=tokens, model_type=gpt_type,
-                     caption_dim=caption_dim, class_dropout_prob=0.0, token_dropout_p=token_dropout_p,
+                     caption_dim=caption_dim, class_dropout_prob=class_dropout_prob, token_dropout_p=token_dropout_p,
                      resid_dropout_p=dropout_p, ffn_dropout_p=dropout_p, attn_dropout_p=0.0,
                      drop_path_rate=drop_path_rate)
     with torch.device(device):

@@ -1,10 +1,12 @@
 """The one checkpoint module: safe loading, container unwrapping, strict loading with diagnostics, atomic saves.
 
 Loading never unpickles arbitrary objects: ``.pth`` / ``.pt`` go through ``torch.load(weights_only=True)`` and
-``.safetensors`` through safetensors.
+``.safetensors`` through safetensors. The one class allowed beyond torch's own list is ``argparse.Namespace``
+(plain data: the ``args`` entry of upstream LlamaGen's training checkpoints).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import glob
 import os
@@ -22,7 +24,7 @@ class CheckpointError(ValueError):
     """A checkpoint could not be used; the message is one line naming the file and what was expected."""
 
 
-_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state_dict")
+_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state_dict", "trainer")   # trainer: CCA's VAR_finetune
 _PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -80,12 +82,13 @@ def load_file_raw(path: str | os.PathLike) -> Any:
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except pickle.UnpicklingError as e:
         reason = _unpickler_reason(str(e))
         with open(path, "rb") as f:
