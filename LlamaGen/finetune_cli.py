@@ -29,7 +29,7 @@ from cca.train_config import TORCH_FP16_SCALER
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
-from LlamaGen.codes import CodeDataset, load_npy
+from LlamaGen.codes import CodeDataset, code_prefix, load_npy
 from LlamaGen.gpt import GPT_SIZES
 
 PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -246,8 +246,7 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
         from LlamaGen.plan import dry_run_finetune
         return dry_run_finetune(args, fsdp)
     check_args(args, int(os.environ.get("WORLD_SIZE", "1")), fsdp)
-    prefix = "imagenet" if args.dataset == "imagenet_code" else args.dataset
-    dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, prefix)
+    dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, code_prefix(args.dataset))
     check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
     policy = build_policy(args, fsdp)                   # a bad checkpoint fails before any output
     dist = cdist.init()

@@ -105,11 +105,11 @@ def sampling_setup(args: argparse.Namespace, world: int) -> plan.Sampling:
 
 
 def dry_run_finetune(args: argparse.Namespace, fsdp: bool) -> None:
-    from LlamaGen.codes import CodeDataset
+    from LlamaGen.codes import CodeDataset, code_prefix
     world, per_node = plan.plan_world(args)
     setup = finetune_setup(args, fsdp, world, per_node)
     data = plan.dataset_size(args.code_path, lambda: len(CodeDataset(args.code_path, args.image_size,
-                                                                     args.downsample_size, args.dataset)),
+                                                                     args.downsample_size, code_prefix(args.dataset))),
                              "--code-path")
     script = "LlamaGen_finetune_fsdp.py" if fsdp else "LlamaGen_finetune.py"
     compute = {"fp32": "fp32", "amp": f"{args.mixed_precision} autocast over fp32 weights",
