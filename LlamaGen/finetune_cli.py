@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from cca import dcp
 from cca import dist as cdist
 from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
 from cca.compiling import compile_blocks
@@ -166,15 +167,14 @@ def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | Non
         tag = f"{args.expid}-{args.gpt_model.replace('/', '-')}"
         resume = None
         if args.resume and args.resume != "auto":
-            given = Path(args.resume)
-            resume = given if given.is_file() else given / "resume.pt"
-            if not resume.is_file():
-                raise SystemExit(f"--resume {args.resume}: no resume.pt there")
-            folder = resume.parent
+            resume = dcp.find(args.resume)
+            if resume is None:
+                raise SystemExit(f"--resume {args.resume}: no resume.pt or resume/step-* checkpoint there")
+            folder = dcp.run_folder(resume)
         else:
-            runs = sorted(d for d in results.glob(f"[0-9][0-9][0-9]-{tag}") if (d / "resume.pt").is_file())
+            runs = sorted(d for d in results.glob(f"[0-9][0-9][0-9]-{tag}") if dcp.find(d) is not None)
             if args.resume == "auto" and runs:
-                folder, resume = runs[-1], runs[-1] / "resume.pt"
+                folder, resume = runs[-1], dcp.find(runs[-1])
             else:
                 index = len([d for d in results.iterdir() if d.is_dir()])
                 folder = results / f"{index:03d}-{tag}"
@@ -265,17 +265,21 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     cfg = train_config(args, dist.world_size, folder, resume, fsdp)
     trainer: Trainer | None = None
 
+    def weights_path(step: int) -> Path:
+        return folder / "checkpoints" / f"{step:07d}.pt"
+
     def export(state_dict: dict, step: int, final: bool) -> None:
-        if args.no_local_save:
-            return
-        weights = {k: v.detach().cpu() for k, v in state_dict.items()}
-        ckpt = weights if fsdp else {"model": weights}     # the originals' formats
+        """The DDP script's {"model": weights} (+ "ema"); the FSDP one streams the bare state dict (cca/dcp.py)."""
+        ckpt = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}}
         if trainer is not None and trainer.ema is not None:
             ckpt["ema"] = {k: v.to(state_dict[k].dtype) for k, v in trainer.ema.items()}
-        path = save_atomic(ckpt, folder / "checkpoints" / f"{step:07d}.pt")
+        path = save_atomic(ckpt, weights_path(step))
         log.info("saved %s%s", path, " (final)" if final else "")
 
-    trainer = Trainer(policy, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist, export=export)
+    save = not args.no_local_save
+    trainer = Trainer(policy, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist,
+                      export=export if save and not fsdp else None,
+                      weights_path=weights_path if save and fsdp else None)
     try:
         trainer.fit(dataset)
     except CheckpointError as e:      # --resume file unusable: one line, like every other bad input

@@ -69,7 +69,7 @@ def test_extract_finetune_ddp_fsdp_sample(assets):
     _finetune(assets, "LlamaGen_finetune.py", "ddp", "--mixed-precision", "none")
     _finetune(assets, "LlamaGen_finetune_fsdp.py", "fsdp", "--mixed-precision", "none")
     ddp_dir, fsdp_dir = results / "000-ddp-GPT-debug", results / "001-fsdp-GPT-debug"
-    assert (ddp_dir / "resume.pt").is_file() and (fsdp_dir / "resume.pt").is_file()
+    assert (ddp_dir / "resume.pt").is_file() and (fsdp_dir / "resume" / "step-0000002" / ".metadata").is_file()
     ddp, fsdp, ref = (_weights(ddp_dir / "checkpoints/0000002.pt"), _weights(fsdp_dir / "checkpoints/0000002.pt"),
                       _weights(assets["ref"]))
     # FSDP's consolidated file is a bare float32 state dict (the original FSDP script's format): the whole file
