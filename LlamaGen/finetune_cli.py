@@ -31,6 +31,7 @@ from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
 from LlamaGen.codes import CodeDataset, code_prefix, load_npy
+from LlamaGen.fsdp import DTYPES
 from LlamaGen.gpt import GPT_SIZES
 
 PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -95,6 +96,9 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
     cca.add_argument("--ref-eval-mode", action="store_true",
                      help="run the frozen reference deterministically in eval mode (the original: train mode, with "
                           "the policy's dropout)")
+    cca.add_argument("--ref-dtype", choices=["fp32", "bf16"], default="fp32",
+                     help="dtype the frozen reference is held and run in (bf16: half its memory; its log-probs are "
+                          "still summed in fp32; the original: fp32)")
     cca.add_argument("--grad-accum-mean", action="store_true",
                      help="average the micro-batch gradients (the original adds them up, then clips the sum)")
     cca.add_argument("--roll-per-micro-batch", action="store_true",
@@ -210,14 +214,15 @@ def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.
                  log: logging.Logger):
     """(policy, frozen reference copy) on the device, compiled per block on CUDA, sharded per block under FSDP."""
     reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
-    policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
+    policy, reference = policy.to(dist.device).float(), reference.to(dist.device, DTYPES[args.ref_dtype])
     if dist.device.type == "cuda" and not args.no_compile:
         compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
     if fsdp:
         from LlamaGen.fsdp import shard_gpt
         grads = args.grad_precision or PRECISION[args.mixed_precision]
         policy = shard_gpt(policy, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
-        reference = shard_gpt(reference, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
+        ref_precision = "bf16" if args.ref_dtype == "bf16" else PRECISION[args.mixed_precision]
+        reference = shard_gpt(reference, args.data_parallel, ref_precision, grads, dist)
     return policy, reference
 
 

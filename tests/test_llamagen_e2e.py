@@ -85,9 +85,10 @@ def test_extract_finetune_ddp_fsdp_sample(assets):
     assert max((ddp[k] - ref[k]).abs().max().item() for k in ref) > 1e-4
     assert all(torch.allclose(fsdp[k], ddp[k], atol=1e-6, rtol=1e-5) for k in ddp)
 
-    # one more FSDP step after a resume, in bf16 mixed precision and with dropout: saved weights stay float32
+    # one more FSDP step after a resume, in bf16 mixed precision, with dropout and a bf16 reference: saved weights
+    # stay float32
     out = _finetune(assets, "LlamaGen_finetune_fsdp.py", "fsdp", "--mixed-precision", "bf16", "--resume", "auto",
-                    "--keep_dropout", "--max-steps", "3", "--epochs", "3")
+                    "--keep_dropout", "--max-steps", "3", "--epochs", "3", "--ref-dtype", "bf16")
     assert "resumed at step 2" in out
     step3 = _weights(fsdp_dir / "checkpoints/0000003.pt")
     assert all(v.dtype == torch.float32 for v in step3.values()) and not torch.equal(step3["norm.weight"],
