@@ -4,11 +4,12 @@ released LlamaGen GPT on pre-extracted codes, through the shared trainer (cca/tr
 Flags follow the CCA release (``--global-batch-size --gradient-accumulation-step(s) --epochs --ckpt-every --lr
 --loss_type --expid --lambda_ --beta --uncond_ratio --keep_dropout --ref_ckpt --code-path --image-size
 --gpt-model``); outputs go to ``<results-dir>/<NNN>-<expid>-<gpt-model>/``: ``checkpoints/<step:07d>.pt`` and
-``resume.pt`` (resumable state). The weight files have the original scripts' formats: ``{"model": state_dict}``
-(+ ``"ema"``) from the DDP script, the bare state dict from the FSDP one (what upstream ``sample_c2i_ddp.py
---from-fsdp`` reads); LLamaGen_sample_ddp.py loads both. The recipe is the original's (docs/differences.md): the
-undivided micro-batch losses are backpropagated (their gradients add up) and the sum is clipped; the reference
-runs in train mode (dropout like the policy); no learning-rate schedule.
+``resume.pt`` (resumable state; FSDP: ``resume/step-<step>/``, sharded, cca/dcp.py). The weight files have the
+original scripts' formats: ``{"model": state_dict}`` (+ ``"ema"``) from the DDP script, the bare state dict from
+the FSDP one (what upstream ``sample_c2i_ddp.py --from-fsdp`` reads); LLamaGen_sample_ddp.py loads both. The
+recipe is the original's (docs/differences.md): the undivided micro-batch losses are backpropagated (their
+gradients add up) and the sum is clipped; the reference runs in train mode (dropout like the policy); no
+learning-rate schedule.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def _add_training_flags(p: argparse.ArgumentParser, fsdp: bool) -> None:
                    help="optimizer steps between checkpoints (step 5000 is always saved, as originally)")
     t.add_argument("--ema", action="store_true", help="keep an EMA (decay 0.9999) of the policy (DDP script only)")
     t.add_argument("--resume", default=None,
-                   help="'auto' (latest run of this --expid/--gpt-model with resume.pt), a run folder, or resume.pt")
+                   help="'auto' (latest run of this --expid/--gpt-model with resumable state), a run folder, or its "
+                        "resume.pt (FSDP: a resume/step-* folder, from any number of processes)")
     t.add_argument("--no-local-save", action="store_true", help="write no checkpoints/<step>.pt weight files")
     t.add_argument("--no-compile", action="store_true", help="do not torch.compile the blocks (never on CPU)")
     t.add_argument("--no-tf32", action="store_true", help="full float32 CUDA matmuls (the original allows TF32)")
@@ -173,7 +175,7 @@ def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | Non
         if args.resume and args.resume != "auto":
             resume = dcp.find(args.resume)
             if resume is None:
-                raise SystemExit(f"--resume {args.resume}: no resume.pt or resume/step-* checkpoint there")
+                raise SystemExit(f"--resume {args.resume}: no resume.pt there (nor a resume/step-* checkpoint)")
             folder = dcp.run_folder(resume)
         else:
             runs = sorted(d for d in results.glob(f"[0-9][0-9][0-9]-{tag}") if dcp.find(d) is not None)

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 from test_cca_trainer import NC, V, _cfg, _models
-from toy import ToyAdapter, ToyData
+from toy import ToyAdapter, ToyAR, ToyData
 
 from cca import dcp
 from cca import dist as cdist
@@ -146,3 +146,13 @@ def test_pickled_objects_are_refused(tmp_path):
     (path / ".metadata").unlink()
     with pytest.raises(CheckpointError, match="not a complete sharded checkpoint"):
         dcp.load(path, *_stepped(1), ONE)
+
+
+def test_checkpoint_of_another_model_is_one_line(tmp_path):
+    policy, opt = _stepped(0)
+    path = dcp.save(tmp_path, 1, policy, opt, {"step": 1}, {}, ONE)
+    other = ToyAR(NC, V, dim=8)
+    with pytest.raises(CheckpointError) as err:
+        dcp.load(path, other, torch.optim.AdamW(other.parameters()), ONE)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: cannot be loaded") and "size" in msg.lower()
