@@ -90,7 +90,11 @@ def kill_while_saving(cmd: list[str], cwd: Path, root: Path, log_path: Path) -> 
 
 def test_killed_mid_save_then_resumed_at_2_1_and_4_processes(ws):
     root = ws / "killed" / RUN / "resume"
-    kill_while_saving(command(2, ws, "killed"), ws, root, ws / "killed.log")
+    for _ in range(3):              # a loaded machine may let the save finish between the poll and the kill
+        shutil.rmtree(ws / "killed", ignore_errors=True)
+        kill_while_saving(command(2, ws, "killed"), ws, root, ws / "killed.log")
+        if any(root.glob(".step-*.tmp")):
+            break
     (published,) = list(root.glob("step-*"))
     (unfinished,) = list(root.glob(".step-*.tmp"))
     step = int(published.name[len("step-"):])
