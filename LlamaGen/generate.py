@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from cca.sampling import filter_logits, guide, sample_from_logits
-from LlamaGen.gpt import KVCache, Transformer
+from LlamaGen.gpt import KVCache, Transformer, kv_cache_for
 
 LogitsHook = Callable[[int, torch.Tensor], None]   # (step, (B, V) logits handed to the sampler) -> None
 
@@ -103,7 +103,7 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
     switches = use_cfg and -1 < cfg_interval < max_new_tokens - 2
     use_graph = max_new_tokens > 1 and _use_graph(cuda_graph, torch.device(device), switches)
     # the eager steps read only the filled prefix, so their cache needs no zeroing; the graph attends it all
-    cache = KVCache.for_model(model, rows.shape[0], T + max_new_tokens, device=device, zeroed=use_graph)
+    cache = kv_cache_for(model, rows.shape[0], T + max_new_tokens, device=device, zeroed=use_graph)
     seq = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, sample_logits=sample_logits,
                     generator=generator)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cca.checkpoint import dataclass_from_dict
+from cca.layers import KVCache, drop_path_or_identity
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -70,33 +71,12 @@ class ModelArgs:
         return find_multiple(hidden, self.multiple_of)
 
 
-class KVCache:
-    """Preallocated keys/values of every layer for ``batch`` rows and ``max_len`` positions (not a module)."""
-
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str, zeroed: bool = True):
-        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        make = torch.zeros if zeroed else torch.empty   # unzeroed: only for callers that never read past kv_len
-        self.k = make(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
-        self.v = make(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
-
-    @classmethod
-    def for_model(cls, model: "Transformer", batch: int, max_len: int, dtype=None, device=None,
-                  zeroed: bool = True) -> "KVCache":
-        a = model.config
-        w = model.tok_embeddings.weight
-        return cls(a.n_layer, batch, a.n_kv_head or a.n_head, max_len, a.head_dim, dtype or w.dtype,
+def kv_cache_for(model: "Transformer", batch: int, max_len: int, dtype=None, device=None,
+                 zeroed: bool = True) -> KVCache:
+    """A cache for every layer of ``model``: ``batch`` rows, ``max_len`` positions, the weights' dtype and device."""
+    a, w = model.config, model.tok_embeddings.weight
+    return KVCache(a.n_layer, batch, a.n_kv_head or a.n_head, max_len, a.head_dim, dtype or w.dtype,
                    device or w.device, zeroed)
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    def first_rows(self, n: int) -> "KVCache":
-        """A view on rows [0, n) sharing storage (used when guidance stops after ``cfg_interval``)."""
-        view = KVCache.__new__(KVCache)
-        view.k, view.v = self.k[:, :n], self.v[:, :n]
-        return view
 
 
 class RMSNorm(nn.Module):
@@ -189,18 +169,13 @@ class Attention(nn.Module):
         v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)                          # (B, Hkv, S, D)
         mask = None
         if kv is not None:   # write this step into the static cache, attend over every filled position
-            k_cache, v_cache = kv                                                # (B, Hkv, S_max, D)
+            cache, layer = kv
             if kv_len is None:       # positions as a tensor: the step a CUDA graph replays has no Python ints
-                k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
-                v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
-                n = k_cache.shape[2]
+                k, v = cache.write_at(layer, input_pos, k, v)                    # (B, Hkv, S_max, D)
             else:   # the S positions ending at kv_len, as a slice copy (index_copy_ took 13 % of a CPU decode step)
-                k_cache[:, :, kv_len - S:kv_len].copy_(k)
-                v_cache[:, :, kv_len - S:kv_len].copy_(v)
-                n = kv_len
-            k, v = k_cache[:, :, :n], v_cache[:, :, :n]                          # (B, Hkv, n, D)
+                k, v = cache.write(layer, kv_len - S, k, v)                     # (B, Hkv, kv_len, D)
             if kv_len is None or (S > 1 and S != kv_len):   # whole cache, or a chunk after earlier positions
-                mask = torch.arange(n, device=x.device)[None, :] <= input_pos[:, None]   # (S, n) bool
+                mask = torch.arange(k.shape[2], device=x.device)[None, :] <= input_pos[:, None]   # (S, n) bool
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)        # (B, H, S_k, D)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -211,20 +186,6 @@ class Attention(nn.Module):
         return self.resid_dropout(self.wo(out))                                  # (B, S, dim)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero the whole residual branch of a sample with probability ``p``."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelArgs, drop_path: float):
         super().__init__()
@@ -232,7 +193,7 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(config)
         self.attention_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv=None, input_pos=None, kv_len=None) -> torch.Tensor:
         h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, kv, input_pos, kv_len))
@@ -332,7 +293,7 @@ class Transformer(nn.Module):
         h = self.tok_dropout(x)
         freqs = self.rope(input_pos, h.device)
         for i, layer in enumerate(self.layers):
-            h = layer(h, freqs, (cache.k[i], cache.v[i]), input_pos, kv_len)
+            h = layer(h, freqs, (cache, i), input_pos, kv_len)
         return self._head(h)
 
 
