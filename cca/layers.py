@@ -1,7 +1,9 @@
-"""Model pieces both families use: stochastic depth and the preallocated key/value cache of a sampling run."""
+"""Model pieces both families use: stochastic depth, the preallocated key/value cache of a sampling run, and the
+nearest-neighbour 2x upsampling convolution of their image decoders."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -89,3 +91,28 @@ class KVCache:
         view = KVCache(self.shape[0], n, *self.shape[2:], zeroed=self.zeroed)
         view.k, view.v = self.k[:, :n], self.v[:, :n]
         return view
+
+
+# rows of the 3x3 kernel that land on source offsets (-1, 0) for even output rows and (0, +1) for odd ones
+_PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],
+                            [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])          # (phase, source offset, tap)
+
+
+def nearest_upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(interpolate(x, scale_factor=2, mode="nearest"))`` for a 3x3, stride-1, padding-1 ``conv``, computed on
+    the low-resolution input: each of the four output phases sees a 2x2 source window, so one 2x2 convolution with
+    4x the output channels does the work (4/9 of the multiply-adds), and the phases are interleaved afterwards.
+    Equal to the upsample-then-convolve form up to float rounding (taps that read the same source pixel are summed
+    in the weights first)."""
+    B, _, H, W = x.shape
+    w = conv.weight                                                                  # (Co, Ci, 3, 3)
+    Co = w.shape[0]
+    taps = _PHASE_TAPS.to(w.device, w.dtype)
+    w4 = torch.einsum("aik,ocks,bjs->oabcij", taps, w, taps).reshape(4 * Co, w.shape[1], 2, 2)
+    bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
+    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), w4, bias).view(B, Co, 2, 2, H + 1, W + 1)   # (B, Co, a, b, H+1, W+1)
+    out = y.new_empty(B, Co, H, 2, W, 2)
+    for a in (0, 1):
+        for b in (0, 1):
+            out[:, :, :, a, :, b] = y[:, :, a, b, a:a + H, b:b + W]
+    return out.view(B, Co, 2 * H, 2 * W)                                             # (B, Co, 2H, 2W)
