@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cca.layers import nearest_upsample_conv
+from cca.layers import conv_layout, nearest_upsample_conv
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -165,7 +165,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(width, in_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))                              # (B, ch*mult[-1], h, w)
+        h = self.mid(self.conv_in(conv_layout(z)))                 # (B, ch*mult[-1], h, w)
         for level in reversed(self.up):
             h = level(h)                                           # doubles H, W except at level 0
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True))   # (B, 3, H, W)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()   # (B, 3, H, W)
