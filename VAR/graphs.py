@@ -2,8 +2,8 @@
 
 An eager scale step of VAR-d16 is a few hundred small kernels; at moderate batch the GPU waits on their launches,
 and running 2B rows costs about as much as B. A graph replays the whole step with one launch. The graphs of a model
-are captured at its first sampling run of a given shape (rows, autocast dtype) and replayed by every later one; they
-are captured again if the model's parameters move to new storage (a load that assigns new tensors). Sampling
+are captured at its first sampling run of a given shape (rows, autocast dtype) and replayed by every later one of that
+shape; another shape, or parameters moved to new storage (a load that assigns new tensors), captures them again. Sampling
 (random, with the run's generator) and the VQVAE side of each step stay outside the graphs.
 
 ``GraphedScaleSteps(var, rows, capture=False)`` runs the very same buffer copies and step functions eagerly: the CPU
@@ -18,12 +18,12 @@ import torch
 
 from .sampler import ScaleSteps
 
-_GRAPHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # model -> {key: GraphedScaleSteps}
+_GRAPHED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()     # model -> (key, GraphedScaleSteps)
 
 
 class GraphedScaleSteps(ScaleSteps):
     def __init__(self, var, rows: int, capture: bool = True):
-        super().__init__(var, rows)
+        super().__init__(weakref.proxy(var), rows)      # the cache below is keyed weakly by the model
         p = var.pos_1LC
         self.cond = torch.zeros(rows, var.C, dtype=p.dtype, device=p.device)              # (rows, C)
         self.inputs = [torch.zeros(rows, pn * pn, var.C, dtype=p.dtype, device=p.device)   # (rows, pn^2, C)
@@ -77,14 +77,19 @@ class GraphedScaleSteps(ScaleSteps):
 
 
 def graphed_scale_steps(var, rows: int) -> GraphedScaleSteps:
-    """The model's captured steps for ``rows`` rows under the current autocast setting (captured on first use)."""
+    """The model's captured steps for ``rows`` rows under the current autocast setting, captured on first use. One
+    shape is kept per model (its static buffers hold a KV cache and every scale's logits): another shape, or
+    parameters moved to new storage since the capture, replaces it."""
     dev = var.pos_1LC.device.type
-    weights = tuple(p.data_ptr() for p in var.parameters())
-    key = (rows, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-    per_model = _GRAPHED.setdefault(var, {})
-    if per_model.get("weights") != weights:      # parameters replaced since the capture: the graphs read stale memory
-        per_model.clear()
-        per_model["weights"] = weights
-    if key not in per_model:
-        per_model[key] = GraphedScaleSteps(var, rows)
-    return per_model[key]
+    key = (rows, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev),
+           tuple(p.data_ptr() for p in var.parameters()))
+    kept = _GRAPHED.get(var)
+    if kept is None or kept[0] != key:
+        _GRAPHED.pop(var, None)                  # free the old buffers before capturing new ones
+        kept = _GRAPHED[var] = (key, GraphedScaleSteps(var, rows))
+    return kept[1]
+
+
+def drop_graphs(var) -> None:
+    """Free the captured graphs and static buffers of ``var`` (they are rebuilt by its next sampling run)."""
+    _GRAPHED.pop(var, None)

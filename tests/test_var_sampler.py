@@ -164,7 +164,11 @@ def test_graphs_are_kept_per_shape_and_recaptured_when_weights_move(tiny, monkey
     import VAR.graphs as graphs
     _, var = tiny
     monkeypatch.setattr(graphs, "GraphedScaleSteps", lambda model, rows: object())
-    a, b, c = (graphs.graphed_scale_steps(var, r) for r in (4, 4, 8))
-    assert a is b and a is not c
+    a, b = graphs.graphed_scale_steps(var, 4), graphs.graphed_scale_steps(var, 4)
+    assert a is b                                                         # replayed, not captured again
+    c = graphs.graphed_scale_steps(var, 8)
+    assert c is not a and graphs.graphed_scale_steps(var, 8) is c         # one shape kept per model
     var.head.weight = torch.nn.Parameter(var.head.weight.detach().clone())   # new storage, e.g. an assigning load
-    assert graphs.graphed_scale_steps(var, 4) is not a
+    assert graphs.graphed_scale_steps(var, 8) is not c
+    graphs.drop_graphs(var)
+    assert var not in graphs._GRAPHED
