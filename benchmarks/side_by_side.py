@@ -17,6 +17,7 @@ from typing import Callable
 
 SIDES = ("ours", "original")
 Work = Callable[[], object]
+NUM_CLASSES = 1000          # the original CCA trainers write the literal 1000 as the null class
 
 
 @dataclass
@@ -122,3 +123,32 @@ def summarise(rounds: Rounds, ref_batch: int) -> dict:
     if ref_batch in batches:
         out["ratio_ref"] = statistics.median(a / b for a, b in zip(t["ours", ref_batch], t["original", ref_batch]))
     return out
+
+
+class Pair:
+    """One family's models built twice, by our code and by the original (``build_original`` loads our weights),
+    and what every row of the family needs."""
+
+    def __init__(self, o, c: dict, device, build_ours, build_original):
+        import tempfile
+        self.c, self.o, self.device = c, o, device
+        self.ours = build_ours(c, device)
+        self.orig = build_original(o, c, self.ours, device)
+        self.tmp = tempfile.mkdtemp(prefix="vs-original-")
+
+    def side(self, side: str):
+        return self.ours if side == "ours" else self.orig
+
+    def labels(self, B: int):
+        import torch
+        return torch.arange(B, device=self.device) % NUM_CLASSES
+
+    def our_trainer(self, policy, adapter, B: int, **cfg):
+        """cca.trainer.Trainer on one process (no process group, no allocator change) with a frozen copy."""
+        import copy
+
+        from cca.dist import Dist
+        from cca.trainer import TrainConfig, Trainer
+        one = Dist(rank=0, world_size=1, local_rank=0, device=self.device, backend=None)
+        return Trainer(policy, copy.deepcopy(policy), adapter, TrainConfig(out_dir=self.tmp, batch_size=B, **cfg),
+                       dist=one)

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 from types import SimpleNamespace
 
 import torch
 
-from cca.dist import Dist
-from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.generate import generate
 from LlamaGen.gpt import ModelArgs, Transformer
 from LlamaGen.vq_model import VQModel, VQModelArgs
 
 from originals import quiet
-from side_by_side import Row
+from side_by_side import NUM_CLASSES, Pair, Row
 
 CONFIGS = {   # the original VQModel hard-codes ch / num_res_blocks; its encoder and decoder are swapped to match
     "default": dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, grid=8, codebook_embed_dim=8, z_channels=64,
@@ -27,7 +24,6 @@ CONFIGS = {   # the original VQModel hard-codes ch / num_res_blocks; its encoder
     "released": dict(dim=768, n_layer=12, n_head=12, vocab_size=16384, grid=24, codebook_embed_dim=8,
                      z_channels=256, ch=128, ch_mult=(1, 1, 2, 2, 4)),        # GPT-B at 384 px, VQ-16
 }
-NUM_CLASSES = 1000
 CFG_SCALE = 2.0
 SAMPLING = dict(temperature=1.0, top_k=0, top_p=1.0)          # LlamaGen's sampling defaults
 CCA = dict(loss_type="CCA", beta=0.02, lambda_=1000.0, uncond_ratio=0.1, lr=1e-6, max_grad_norm=1.0)
@@ -66,18 +62,9 @@ def build_original(o, c: dict, ours: SimpleNamespace, device: torch.device) -> S
     return SimpleNamespace(gpt=gpt.eval(), vq=vq.eval())
 
 
-class LlamaGenRows:
+class LlamaGenRows(Pair):
     def __init__(self, o, c: dict, device: torch.device):
-        self.c, self.o, self.device = c, o, device
-        self.ours = build_ours(c, device)
-        self.orig = build_original(o, c, self.ours, device)
-        self.tmp = tempfile.mkdtemp(prefix="vs-original-llamagen-")
-
-    def _side(self, side):
-        return self.ours if side == "ours" else self.orig
-
-    def _labels(self, B):
-        return torch.arange(B, device=self.device) % NUM_CLASSES
+        super().__init__(o, c, device, build_ours, build_original)
 
     def _codes(self, B):
         g = torch.Generator().manual_seed(B)
@@ -90,9 +77,9 @@ class LlamaGenRows:
         T = self.c["grid"] ** 2
 
         def make(side, B):
-            m = self._side(side)
+            m = self.side(side)
             fn = generate if side == "ours" else self.o.generate
-            cond = self._labels(B)
+            cond = self.labels(B)
             tokens = lambda: fn(m.gpt, cond, T, cfg_scale=cfg_scale, **SAMPLING)                   # noqa: E731
             if not whole:
                 return tokens
@@ -100,23 +87,23 @@ class LlamaGenRows:
         return make
 
     def decode(self, side, B):
-        vq, codes = self._side(side).vq, self._codes(B)
+        vq, codes = self.side(side).vq, self._codes(B)
         return torch.no_grad()(lambda: vq.decode_code(codes, self._shape(B)))
 
     def encode(self, side, B):
-        vq, res = self._side(side).vq, self.c["grid"] * 2 ** (len(self.c["ch_mult"]) - 1)
+        vq, res = self.side(side).vq, self.c["grid"] * 2 ** (len(self.c["ch_mult"]) - 1)
         img = torch.rand(B, 3, res, res, device=self.device) * 2 - 1
         return torch.no_grad()(lambda: vq.encode(img))
 
     def _fresh_gpt(self, side):
         """A training copy; the original's sampler leaves KV caches on its model, so copy a clean one."""
-        model = copy.deepcopy(self._side(side).gpt)
+        model = copy.deepcopy(self.side(side).gpt)
         for layer in model.layers if side == "original" else ():
             layer.attention.kv_cache = None
         return model.train()
 
     def plain_step(self, side, B):
-        model, codes, labels = self._fresh_gpt(side), self._codes(B), self._labels(B)
+        model, codes, labels = self._fresh_gpt(side), self._codes(B), self.labels(B)
 
         def step():
             _, loss = model(cond_idx=labels, idx=codes[:, :-1], targets=codes)
@@ -125,12 +112,10 @@ class LlamaGenRows:
         return step
 
     def cca_step(self, side, B):
-        codes, labels = self._codes(B), self._labels(B)
+        codes, labels = self._codes(B), self.labels(B)
         policy = self._fresh_gpt(side)
         if side == "ours":
-            cfg = TrainConfig(out_dir=self.tmp, batch_size=B, **CCA)
-            one = Dist(rank=0, world_size=1, local_rank=0, device=self.device, backend=None)
-            tr = Trainer(policy, copy.deepcopy(policy), LlamaGenAdapter(NUM_CLASSES), cfg, dist=one)
+            tr = self.our_trainer(policy, LlamaGenAdapter(NUM_CLASSES), B, **CCA)
             return lambda: tr.train_step((codes, labels))
         # the original loop body with what its main() sets up: train-mode reference, its own AdamW, no scaler
         args = SimpleNamespace(num_classes=NUM_CLASSES, gradient_accumulation_steps=1, ema=False, **CCA)

@@ -3,21 +3,18 @@ identical weights (our state dict loaded strictly into the original), and the wo
 from __future__ import annotations
 
 import copy
-import tempfile
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-from cca.dist import Dist
-from cca.trainer import TrainConfig, Trainer
 from VAR.adapter import VARAdapter
 from VAR.sampler import autoregressive_infer_cfg, generate
 from VAR.var import VAR
 from VAR.vqvae import VQVAE
 
 from originals import quiet
-from side_by_side import Row
+from side_by_side import NUM_CLASSES, Pair, Row
 
 CONFIGS = {   # the original VQVAE hard-codes ch_mult / num_res_blocks; its encoder and decoder are swapped to match
     "default": dict(patch_nums=(1, 2, 3, 4, 5, 6), V=512, Cvae=16, ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
@@ -27,7 +24,6 @@ CONFIGS = {   # the original VQVAE hard-codes ch_mult / num_res_blocks; its enco
     "released": dict(patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), V=4096, Cvae=32, ch=160, ch_mult=(1, 1, 2, 2, 4),
                      num_res_blocks=2, depth=16, embed_dim=1024, num_heads=16),
 }
-NUM_CLASSES = 1000          # the original CCA trainer writes the literal 1000 as the null class
 CFG, CCA = 1.5, dict(loss_type="CCA", beta=0.02, lambda_=50.0, uncond_ratio=0.1, lr=1e-6, grad_clip=2.0)
 
 
@@ -83,21 +79,15 @@ def image_size(c: dict) -> int:
     return c["patch_nums"][-1] * 2 ** (len(c["ch_mult"]) - 1)
 
 
-class VARRows:
+class VARRows(Pair):
     def __init__(self, o, c: dict, device: torch.device):
-        self.c, self.o, self.device = c, o, device
-        self.ours = build_ours(c, device)
-        self.orig = build_original(o, c, self.ours, device)
-        self.tmp = tempfile.mkdtemp(prefix="vs-original-var-")
-
-    def _labels(self, B):
-        return torch.arange(B, device=self.device) % NUM_CLASSES
+        super().__init__(o, c, device, build_ours, build_original)
 
     def sampling(self, cfg: float, whole: bool):
         k, p = top_k_p(self.c)
 
         def make(side, B):
-            args = dict(B=B, label_B=self._labels(B), g_seed=0, cfg=cfg, top_k=k, top_p=p)
+            args = dict(B=B, label_B=self.labels(B), g_seed=0, cfg=cfg, top_k=k, top_p=p)
             if side == "ours":
                 fn = autoregressive_infer_cfg if whole else generate
                 return lambda: fn(self.ours.var, **args)
@@ -107,12 +97,12 @@ class VARRows:
         return make
 
     def decode(self, side, B):
-        pn, vae = self.c["patch_nums"][-1], getattr(self, "ours" if side == "ours" else "orig").vae
+        pn, vae = self.c["patch_nums"][-1], self.side(side).vae
         f_hat = torch.randn(B, self.c["Cvae"], pn, pn, device=self.device)
         return torch.no_grad()(lambda: vae.fhat_to_img(f_hat))
 
     def encode(self, side, B):
-        vae = getattr(self, "ours" if side == "ours" else "orig").vae
+        vae = self.side(side).vae
         res = image_size(self.c)
         img = torch.rand(B, 3, res, res, device=self.device) * 2 - 1
         return torch.no_grad()(lambda: vae.img_to_idxBl(img))
@@ -120,10 +110,10 @@ class VARRows:
     def _teacher_forcing(self, B):
         g = torch.Generator().manual_seed(B)
         idx = [torch.randint(self.c["V"], (B, p * p), generator=g).to(self.device) for p in self.c["patch_nums"]]
-        return self._labels(B), self.ours.vae.quantize.idxBl_to_var_input(idx), torch.cat(idx, 1)
+        return self.labels(B), self.ours.vae.quantize.idxBl_to_var_input(idx), torch.cat(idx, 1)
 
     def plain_step(self, side, B):
-        model = copy.deepcopy(getattr(self, "ours" if side == "ours" else "orig").var).train()
+        model = copy.deepcopy(self.side(side).var).train()
         labels, x, gt = self._teacher_forcing(B)
 
         def step():
@@ -135,16 +125,13 @@ class VARRows:
     def cca_step(self, side, B):
         res = image_size(self.c)
         images = torch.rand(B, 3, res, res, device=self.device) * 2 - 1
-        labels = self._labels(B)
+        labels = self.labels(B)
         return (self._ours_cca if side == "ours" else self._original_cca)(B, images, labels)
 
     def _ours_cca(self, B, images, labels):
-        policy = copy.deepcopy(self.ours.var)
-        cfg = TrainConfig(out_dir=self.tmp, batch_size=B, loss_type=CCA["loss_type"], beta=CCA["beta"],
-                          lambda_=CCA["lambda_"], uncond_ratio=CCA["uncond_ratio"], lr=CCA["lr"],
-                          max_grad_norm=CCA["grad_clip"])
-        one = Dist(rank=0, world_size=1, local_rank=0, device=self.device, backend=None)
-        tr = Trainer(policy, copy.deepcopy(policy), VARAdapter(self.ours.vae, NUM_CLASSES), cfg, dist=one)
+        tr = self.our_trainer(copy.deepcopy(self.ours.var), VARAdapter(self.ours.vae, NUM_CLASSES), B,
+                              loss_type=CCA["loss_type"], beta=CCA["beta"], lambda_=CCA["lambda_"],
+                              uncond_ratio=CCA["uncond_ratio"], lr=CCA["lr"], max_grad_norm=CCA["grad_clip"])
         return lambda: tr.train_step((images, labels))
 
     def _original_cca(self, B, images, labels):
