@@ -146,7 +146,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(c, z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)                                       # (B, ch, H, W)
+        h = self.conv_in(conv_layout(x))                          # (B, ch, H, W)
         for block in self.conv_blocks:
             for i, res in enumerate(block.res):
                 h = res(h)
@@ -156,7 +156,7 @@ class Encoder(nn.Module):
                 h = block.downsample(h)
         for layer in self.mid:
             h = layer(h)
-        return self.conv_out(swish(self.norm_out(h)))             # (B, z_channels, h, w)
+        return self.conv_out(swish(self.norm_out(h))).contiguous()   # (B, z_channels, h, w)
 
 
 class Decoder(nn.Module):

@@ -136,11 +136,11 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(width, 2 * z_channels if double_z else z_channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)                                        # (B, ch, H, W)
+        h = self.conv_in(conv_layout(x))                          # (B, ch, H, W)
         for level in self.down:
             h = level(h)                                           # (B, ch*mult, H/2^l, W/2^l)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True))   # (B, z, H/ds, W/ds)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()   # (B, z, H/ds, W/ds)
 
 
 class Decoder(nn.Module):
