@@ -94,9 +94,9 @@ class KVCache:
 
 
 def conv_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the memory layout the image encoders and decoders run in: channels-last (NHWC) on the CPU, where oneDNN's
-    convolutions are markedly faster on it (and GroupNorm, SiLU and ``nearest_upsample_conv`` keep it); unchanged
-    elsewhere."""
+    """``x`` in the memory layout the image encoders and decoders run in: channels-last (NHWC) on the CPU, where
+    oneDNN's convolutions are markedly faster on it (and GroupNorm, SiLU and ``nearest_upsample_conv`` keep it);
+    unchanged elsewhere."""
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
