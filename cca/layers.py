@@ -38,7 +38,8 @@ class KVCache:
     write, with the dtypes of the keys and values written (they differ under autocast). ``write`` copies S new
     positions of one layer to [start, start + S) and returns that layer's filled prefix; ``write_at`` copies them to
     the positions held in a tensor and returns the whole layer (static shapes, as a CUDA graph needs; read it under
-    a mask, from a zeroed cache).
+    a mask, from a zeroed cache). ``key_mask`` (rows, max_len) bool, when set (``mask_prefix_keys``), marks the keys
+    each row may attend (LlamaGen's padded captions).
     """
 
     def __init__(self, n_layer: int, rows: int, heads: int, max_len: int, head_dim: int,
@@ -47,6 +48,7 @@ class KVCache:
         self.zeroed = zeroed
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self.key_mask: torch.Tensor | None = None
         if dtype is not None:
             self._allocate(dtype, dtype, device)
 
@@ -86,10 +88,17 @@ class KVCache:
         self.v[layer].index_copy_(2, positions, v.to(self.v.dtype))
         return self.k[layer], self.v[layer]
 
+    def mask_prefix_keys(self, prefix_mask: torch.Tensor) -> None:
+        """(rows, T) bool: keys at the False positions of [0, T) are never attended; later keys always may be."""
+        rows, T = prefix_mask.shape
+        self.key_mask = torch.ones(rows, self.max_len, dtype=torch.bool, device=prefix_mask.device)
+        self.key_mask[:, :T] = prefix_mask
+
     def first_rows(self, n: int) -> "KVCache":
         """A view on rows [0, n) sharing storage (LlamaGen: guidance stops after ``cfg_interval``)."""
         view = KVCache(self.shape[0], n, *self.shape[2:], zeroed=self.zeroed)
         view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view.key_mask = None if self.key_mask is None else self.key_mask[:n]
         return view
 
 

@@ -55,3 +55,10 @@ def test_kv_cache_writes_slices_and_positions():
 def test_zeroed_kv_cache_with_dtype_is_allocated_at_once():
     cache = KVCache(1, 2, 1, 4, 2, dtype=torch.bfloat16, zeroed=True)
     assert cache.k.dtype == torch.bfloat16 and not cache.k.any() and not cache.v.any()
+
+
+def test_kv_cache_prefix_key_mask_follows_first_rows():
+    cache = KVCache(1, 3, 1, 6, 2, dtype=torch.float32)
+    cache.mask_prefix_keys(torch.tensor([[False, True], [True, True], [False, False]]))
+    assert cache.key_mask.tolist()[0] == [False, True, True, True, True, True]
+    assert cache.first_rows(2).key_mask.shape == (2, 6) and not cache.first_rows(1).key_mask[0, 0]
