@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 FAMILIES = ("var", "llamagen")
-SWEEPS = {"default": ((4, 16, 64), (8, 16, 32)), "quick": ((2, 4), (2, 4)), "released": ((16, 64), (16, 32))}
+SWEEPS = {"default": ((16, 64), (16, 32)), "quick": ((2, 4), (2, 4)), "released": ((16, 64), (16, 32))}
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from side_by_side import NUM_CLASSES, Pair, Row
 
 CONFIGS = {   # the original VQModel hard-codes ch / num_res_blocks; its encoder and decoder are swapped to match
     "default": dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, grid=8, codebook_embed_dim=8, z_channels=64,
-                    ch=32, ch_mult=(1, 1, 2, 2, 4)),
+                    ch=32, ch_mult=(1, 2, 2, 4)),                                  # 64 px images
     "quick": dict(dim=64, n_layer=2, n_head=4, vocab_size=128, grid=4, codebook_embed_dim=8, z_channels=16, ch=32,
                   ch_mult=(1, 1)),
     "released": dict(dim=768, n_layer=12, n_head=12, vocab_size=16384, grid=24, codebook_embed_dim=8,

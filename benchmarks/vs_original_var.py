@@ -17,8 +17,8 @@ from originals import quiet
 from side_by_side import NUM_CLASSES, Pair, Row
 
 CONFIGS = {   # the original VQVAE hard-codes ch_mult / num_res_blocks; its encoder and decoder are swapped to match
-    "default": dict(patch_nums=(1, 2, 3, 4, 5, 6), V=512, Cvae=16, ch=32, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
-                    depth=4, embed_dim=256, num_heads=4),
+    "default": dict(patch_nums=(1, 2, 3, 4, 5, 6), V=512, Cvae=16, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=2,
+                    depth=4, embed_dim=256, num_heads=4),                          # 48 px images
     "quick": dict(patch_nums=(1, 2, 3), V=64, Cvae=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, depth=2,
                   embed_dim=64, num_heads=4),
     "released": dict(patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), V=4096, Cvae=32, ch=160, ch_mult=(1, 1, 2, 2, 4),
