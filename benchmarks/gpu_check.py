@@ -121,11 +121,13 @@ def vs_original():
     if not root:
         return {"skipped": "ORIGINAL_ROOT not set (the folder holding the original release: VAR/, LlamaGen/ inside)"}
     out = Path(os.environ.get("OUT", "/tmp")) / "vs_original.json"
+    budget = max(20.0, (left_s() - 40) / 2)          # per family; rows past it are reported as skipped
     cmd = [sys.executable, str(HERE / "vs_original.py"), "--original-root", root, "--config",
-           "quick" if SMOKE else "released", "--device", str(DEV), "--rounds", "3", "--extra-rounds", "0",
+           "quick" if SMOKE else "released", "--device", str(DEV), "--rounds", "2", "--extra-rounds", "0",
            "--max-foreign", "99", "--sample-batches", "64", "--train-batches", "16", "--threads", "8",
-           "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, left_s() - 60))
+           "--rows", "free_whole,cfg_whole,free_tokens,decode,plain_step,cca_step,cfg_tokens,encode",
+           "--budget-s", str(budget), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * budget + 120)
     print(proc.stdout[-6000:], proc.stderr[-3000:], flush=True)
     if proc.returncode != 0:
         return {"error": f"vs_original.py exited with {proc.returncode}: {proc.stderr[-300:]}"}

@@ -18,6 +18,7 @@ from typing import Callable
 SIDES = ("ours", "original")
 Work = Callable[[], object]
 NUM_CLASSES = 1000          # the original CCA trainers write the literal 1000 as the null class
+ROW_KEYS = ("free_whole", "free_tokens", "cfg_whole", "cfg_tokens", "decode", "encode", "plain_step", "cca_step")
 
 
 @dataclass

@@ -51,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=16, help="the reference batch of every row")
     ap.add_argument("--sample-batches", type=_ints, help="sweep of the sampling / decode / encode rows")
     ap.add_argument("--train-batches", type=_ints, help="sweep of the training-step rows")
-    ap.add_argument("--rows", default="", help="comma-separated row keys (default: all)")
+    ap.add_argument("--rows", default="", help="comma-separated row keys, run in this order (default: all)")
+    ap.add_argument("--budget-s", type=float, default=0, help="per family: start no row after this many seconds")
     ap.add_argument("--rounds", type=int, default=7, help="clean rounds per row")
     ap.add_argument("--extra-rounds", type=int, default=7, help="at most this many rounds repeated for load")
     ap.add_argument("--max-foreign", type=float, default=0.3, help="cores other processes may use during a round")
@@ -90,20 +91,22 @@ def run_family(args) -> dict:
     sample = tuple(sorted({args.batch, *(args.sample_batches or sample)}))
     train = tuple(sorted({args.batch, *(args.train_batches or train)}))
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    wanted = {k for k in args.rows.split(",") if k}
+    rows = {row.key: row for row in fam.rows(o, args.config, device, sample, train)}
+    wanted = [k for k in args.rows.split(",") if k] or list(rows)     # in the order asked for
+    deadline = time.time() + args.budget_s if args.budget_s else float("inf")
     out = {"config": fam.CONFIGS[args.config], "rows": {}}
-    for row in fam.rows(o, args.config, device, sample, train):
-        if wanted and row.key not in wanted:
-            continue
-        t0 = time.time()
+    for key in wanted:
+        row, t0 = rows[key], time.time()
         try:
+            if t0 > deadline:
+                raise TimeoutError("skipped: time budget")
             calls = {(side, b): row.make(side, b) for b in row.batches for side in ("ours", "original")}
             res = summarise(run_rounds(calls, args.rounds, args.extra_rounds, args.max_foreign, sync), args.batch)
         except Exception as e:            # one failing row must not hide the others
             res = {"error": f"{type(e).__name__}: {e}"[:400]}
-        out["rows"][row.key] = {"label": row.label, "target": row.target, "wall_s": round(time.time() - t0, 1),
-                                **res}
-        print(f"[{args.worker}] {row.key}: {res.get('ratio_ref', res.get('error'))}", file=sys.stderr, flush=True)
+        out["rows"][key] = {"label": row.label, "target": row.target, "wall_s": round(time.time() - t0, 1), **res}
+        Path(args.worker_out).write_text(json.dumps(out, default=str))      # what is done survives a kill
+        print(f"[{args.worker}] {key}: {res.get('ratio_ref', res.get('error'))}", file=sys.stderr, flush=True)
     return out
 
 
@@ -118,13 +121,14 @@ def machine() -> dict:
 def spawn(args, family: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
-    argv = [a for a in sys.argv[1:]]
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", family, "--worker-out", path]
-    proc = subprocess.run(cmd, cwd=HERE.parent)
+    cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--worker", family, "--worker-out", path]
     try:
+        proc = subprocess.run(cmd, cwd=HERE.parent)
+        done = Path(path).read_text()
+        res = json.loads(done) if done else {"rows": {}}
         if proc.returncode != 0:
-            return {"error": f"the {family} process exited with {proc.returncode} (its stderr is above)"}
-        return json.loads(Path(path).read_text())
+            res["error"] = f"the {family} process exited with {proc.returncode} (its stderr is above)"
+        return res
     finally:
         os.unlink(path)
 
@@ -141,8 +145,7 @@ def table(results: dict, ref_batch: int) -> str:
                   f"met |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
         if "error" in res:
             lines.append(f"| {res['error']} |")
-            continue
-        for key, r in res["rows"].items():
+        for key, r in res.get("rows", {}).items():
             if "error" in r:
                 lines.append(f"| {r['label']} | error: {r['error']} |")
                 continue
@@ -167,6 +170,10 @@ def main(argv=None) -> int:
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
         raise SystemExit(f"--families: expected names from {', '.join(FAMILIES)}, got {args.families!r}")
+    from side_by_side import ROW_KEYS
+    unknown = [k for k in args.rows.split(",") if k and k not in ROW_KEYS]
+    if unknown:
+        raise SystemExit(f"--rows: unknown {', '.join(unknown)}; rows are {', '.join(ROW_KEYS)}")
     import originals
     try:
         for fam in families:

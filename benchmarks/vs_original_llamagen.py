@@ -14,7 +14,7 @@ from LlamaGen.gpt import ModelArgs, Transformer
 from LlamaGen.vq_model import VQModel, VQModelArgs
 
 from originals import quiet
-from side_by_side import NUM_CLASSES, Pair, Row
+from side_by_side import NUM_CLASSES, ROW_KEYS, Pair, Row
 
 CONFIGS = {   # the original VQModel hard-codes ch / num_res_blocks; its encoder and decoder are swapped to match
     "default": dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, grid=8, codebook_embed_dim=8, z_channels=64,
@@ -127,7 +127,7 @@ class LlamaGenRows(Pair):
 
 def rows(o, config: str, device: torch.device, sample_batches, train_batches) -> list[Row]:
     r = LlamaGenRows(o, CONFIGS[config], device)
-    return [
+    rows = [
         Row("free_whole", "guidance-free generation, whole (tokens + VQ decode)", r.sampling(1.0, True),
             sample_batches, 1 / 1.3),
         Row("free_tokens", "guidance-free generation, tokens only", r.sampling(1.0, False), sample_batches, 0.5),
@@ -140,3 +140,5 @@ def rows(o, config: str, device: torch.device, sample_batches, train_batches) ->
         Row("plain_step", "plain next-token step: forward + backward", r.plain_step, train_batches, 1.0),
         Row("cca_step", "CCA step (reference, policy fwd+bwd, clip, AdamW)", r.cca_step, train_batches, None),
     ]
+    assert tuple(row.key for row in rows) == ROW_KEYS
+    return rows

@@ -14,7 +14,7 @@ from VAR.var import VAR
 from VAR.vqvae import VQVAE
 
 from originals import quiet
-from side_by_side import NUM_CLASSES, Pair, Row
+from side_by_side import NUM_CLASSES, ROW_KEYS, Pair, Row
 
 CONFIGS = {   # the original VQVAE hard-codes ch_mult / num_res_blocks; its encoder and decoder are swapped to match
     "default": dict(patch_nums=(1, 2, 3, 4, 5, 6), V=512, Cvae=16, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=2,
@@ -152,7 +152,7 @@ class VARRows(Pair):
 
 def rows(o, config: str, device: torch.device, sample_batches, train_batches) -> list[Row]:
     r = VARRows(o, CONFIGS[config], device)
-    return [
+    rows = [
         Row("free_whole", "guidance-free sampling, whole (tokens + VQVAE decode)", r.sampling(0.0, True),
             sample_batches, 1 / 1.3),
         Row("free_tokens", "guidance-free sampling, tokens only", r.sampling(0.0, False), sample_batches, 0.5),
@@ -164,3 +164,5 @@ def rows(o, config: str, device: torch.device, sample_batches, train_batches) ->
         Row("cca_step", "CCA step (tokenize, reference, policy fwd+bwd, clip, AdamW)", r.cca_step, train_batches,
             None),
     ]
+    assert tuple(row.key for row in rows) == ROW_KEYS
+    return rows
