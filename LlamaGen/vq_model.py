@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cca.checkpoint import dataclass_from_dict
-from cca.layers import conv_layout, nearest_upsample_conv
+from cca.layers import nearest_upsample_conv
 
 CODEBOOK_USAGE_WINDOW = 65536   # length of the released checkpoints' ``quantize.codebook_used`` buffer
 
@@ -146,7 +146,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(c, z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(conv_layout(x))                          # (B, ch, H, W)
+        h = self.conv_in(x)                                       # (B, ch, H, W)
         for block in self.conv_blocks:
             for i, res in enumerate(block.res):
                 h = res(h)
@@ -156,7 +156,7 @@ class Encoder(nn.Module):
                 h = block.downsample(h)
         for layer in self.mid:
             h = layer(h)
-        return self.conv_out(swish(self.norm_out(h))).contiguous()   # (B, z_channels, h, w)
+        return self.conv_out(swish(self.norm_out(h)))             # (B, z_channels, h, w)
 
 
 class Decoder(nn.Module):
@@ -189,7 +189,7 @@ class Decoder(nn.Module):
         return self.conv_out.weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(conv_layout(z))                          # (B, ch*ch_mult[-1], h, w)
+        h = self.conv_in(z)                                       # (B, ch*ch_mult[-1], h, w)
         for layer in self.mid:
             h = layer(h)
         for block in self.conv_blocks:
@@ -199,7 +199,7 @@ class Decoder(nn.Module):
                     h = block.attn[i](h)
             if hasattr(block, "upsample"):
                 h = block.upsample(h)
-        return self.conv_out(swish(self.norm_out(h))).contiguous()   # (B, 3, H, W)
+        return self.conv_out(swish(self.norm_out(h)))             # (B, 3, H, W)
 
 
 class VectorQuantizer(nn.Module):

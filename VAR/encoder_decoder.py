@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cca.layers import conv_layout, nearest_upsample_conv
+from cca.layers import nearest_upsample_conv
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -136,11 +136,11 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(width, 2 * z_channels if double_z else z_channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(conv_layout(x))                          # (B, ch, H, W)
+        h = self.conv_in(x)                                        # (B, ch, H, W)
         for level in self.down:
             h = level(h)                                           # (B, ch*mult, H/2^l, W/2^l)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()   # (B, z, H/ds, W/ds)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))   # (B, z, H/ds, W/ds)
 
 
 class Decoder(nn.Module):
@@ -165,7 +165,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(width, in_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(conv_layout(z)))                 # (B, ch*mult[-1], h, w)
+        h = self.mid(self.conv_in(z))                              # (B, ch*mult[-1], h, w)
         for level in reversed(self.up):
             h = level(h)                                           # doubles H, W except at level 0
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()   # (B, 3, H, W)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))   # (B, 3, H, W)

@@ -102,13 +102,6 @@ class KVCache:
         return view
 
 
-def conv_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the memory layout the image encoders and decoders run in: channels-last (NHWC) on the CPU, where
-    oneDNN's convolutions are markedly faster on it (and GroupNorm, SiLU and ``nearest_upsample_conv`` keep it);
-    unchanged elsewhere."""
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
-
-
 # rows of the 3x3 kernel that land on source offsets (-1, 0) for even output rows and (0, +1) for odd ones
 _PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],
                             [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])          # (phase, source offset, tap)
@@ -127,11 +120,8 @@ def nearest_upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     w4 = torch.einsum("aik,ocks,bjs->oabcij", taps, w, taps).reshape(4 * Co, w.shape[1], 2, 2)
     bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
     y = F.conv2d(F.pad(x, (1, 1, 1, 1)), w4, bias).view(B, Co, 2, 2, H + 1, W + 1)   # (B, Co, a, b, H+1, W+1)
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        out = y.new_empty(B, H, 2, W, 2, Co).permute(0, 5, 1, 2, 3, 4)   # keep the caller's NHWC layout
-    else:
-        out = y.new_empty(B, Co, H, 2, W, 2)
+    out = y.new_empty(B, Co, H, 2, W, 2)
     for a in (0, 1):
         for b in (0, 1):
             out[:, :, :, a, :, b] = y[:, :, a, b, a:a + H, b:b + W]
-    return out.reshape(B, Co, 2 * H, 2 * W)                                          # (B, Co, 2H, 2W), a view
+    return out.view(B, Co, 2 * H, 2 * W)                                             # (B, Co, 2H, 2W)
