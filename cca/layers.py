@@ -119,9 +119,10 @@ def nearest_upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     taps = _PHASE_TAPS.to(w.device, w.dtype)
     w4 = torch.einsum("aik,ocks,bjs->oabcij", taps, w, taps).reshape(4 * Co, w.shape[1], 2, 2)
     bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
-    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), w4, bias).view(B, Co, 2, 2, H + 1, W + 1)   # (B, Co, a, b, H+1, W+1)
-    out = y.new_empty(B, Co, H, 2, W, 2)
-    for a in (0, 1):
-        for b in (0, 1):
-            out[:, :, :, a, :, b] = y[:, :, a, b, a:a + H, b:b + W]
-    return out.view(B, Co, 2 * H, 2 * W)                                             # (B, Co, 2H, 2W)
+    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), w4, bias).contiguous()                     # (B, 4Co, H+1, W+1)
+    # output pixel (2i + a, 2j + b) is phase (a, b) at source window (i + a, j + b): an offset linear in a, b, i, j,
+    # so one strided view reads all four phases in output order and one copy interleaves them
+    S = (H + 1) * (W + 1)
+    phases = y.as_strided((B, Co, H, 2, W, 2), (4 * Co * S, 4 * S, W + 1, 2 * S + W + 1, 1, S + 1),
+                          y.storage_offset())                                         # (B, Co, i, a, j, b)
+    return phases.reshape(B, Co, 2 * H, 2 * W)                                       # (B, Co, 2H, 2W)
