@@ -32,8 +32,8 @@ def build_vae(V: int = 4096, Cvae: int = 32, ch: int = 160, share_quant_resi: in
 
 def build_var(vae: VQVAE, depth: int = 16, num_classes: int = 1000, patch_nums: Sequence[int] = PATCH_NUMS_256,
               shared_aln: bool = False, attn_l2_norm: bool = True, init_adaln: float = 0.5,
-              init_adaln_gamma: float = 1e-5,
-              init_head: float = 0.02, init_std: float = -1, dpr_ratio: float = 1.0, cond_drop_rate: float = 0.1,
+              init_adaln_gamma: float = 1e-5, init_head: float = 0.02, init_std: float = -1, dpr_ratio: float = 1.0,
+              cond_drop_rate: float = 0.1,
               embed_dim: int | None = None, num_heads: int | None = None,
               device: str | torch.device = "cpu") -> VAR:
     """Width 64·depth and depth heads unless given; drop-path rate dpr_ratio · 0.1 · depth / 24."""

@@ -135,7 +135,7 @@ class VAR(nn.Module):
         """The AdaLN vectors of every block and of the head for classes ``cond_BD`` (B, D): they do not depend on
         the scale, so a sampling run computes them once."""
         cond = self.shared_ada_lin(cond_BD)                                      # (B, D) or (B, 1, 6, C)
-        return [block.modulation(cond) for block in self.blocks], self.head_nm.modulation(cond_BD.float())
+        return [block.modulation(cond) for block in self.blocks], self.head_nm.modulation(cond_BD)
 
     def run_blocks(self, x: torch.Tensor, cond_BD: torch.Tensor | None, attn_bias: torch.Tensor | None = None,
                    cache: KVCache | None = None, start: int = 0,
