@@ -77,7 +77,11 @@ class SharedAdaLin(nn.Linear):
 
 
 def modulate(x: torch.Tensor, scale_plus_1: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """x (B, L, C) * (1 + scale) + shift in one pass, scale and shift (B, 1, C)."""
+    """x (B, L, C) * (1 + scale) + shift, scale and shift (B, 1, C): one fused pass when no gradient is recorded
+    (sampling, the frozen reference); with autograd the multiply-then-add form, because addcmul's backward makes
+    two more full-size passes than mul's."""
+    if torch.is_grad_enabled():
+        return x.mul(scale_plus_1).add_(shift)
     return torch.addcmul(shift, x, scale_plus_1)
 
 
@@ -120,9 +124,10 @@ class AdaLNSelfAttn(nn.Module):
         return self._residual(x, self.ffn(modulate(self.ln_wo_grad(x), scale2, shift2)), gamma2)
 
     def _residual(self, x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.drop_path, nn.Identity) or not self.training:
-            return torch.addcmul(x, branch, gamma)                                     # x + branch * gamma
-        return x + self.drop_path(branch * gamma)
+        """x + drop_path(branch * gamma), fused into one pass where ``modulate`` fuses (same reason)."""
+        if not torch.is_grad_enabled() and (isinstance(self.drop_path, nn.Identity) or not self.training):
+            return torch.addcmul(x, branch, gamma)
+        return x + self.drop_path(branch.mul_(gamma))
 
 
 class AdaLNBeforeHead(nn.Module):
