@@ -120,14 +120,15 @@ class AdaLNSelfAttn(nn.Module):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mods if mods is not None else self.modulation(cond_BD)
         attn = self.attn(modulate(self.ln_wo_grad(x), scale1, shift1), attn_bias=attn_bias, cache=cache,
                          start=start)                                                  # (B, L, C)
-        x = self._residual(x, attn, gamma1)
-        return self._residual(x, self.ffn(modulate(self.ln_wo_grad(x), scale2, shift2)), gamma2)
+        x = self._residual(x, attn, gamma1, in_place=True)
+        return self._residual(x, self.ffn(modulate(self.ln_wo_grad(x), scale2, shift2)), gamma2, in_place=False)
 
-    def _residual(self, x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """x + drop_path(branch * gamma), fused into one pass where ``modulate`` fuses (same reason)."""
+    def _residual(self, x: torch.Tensor, branch: torch.Tensor, gamma: torch.Tensor, in_place: bool) -> torch.Tensor:
+        """x + drop_path(branch * gamma), fused into one pass where ``modulate`` fuses (same reason). With autograd
+        the gate multiplies as in the original: the attention branch in place, the MLP's branch not."""
         if not torch.is_grad_enabled() and (isinstance(self.drop_path, nn.Identity) or not self.training):
             return torch.addcmul(x, branch, gamma)
-        return x + self.drop_path(branch.mul_(gamma))
+        return x + self.drop_path(branch.mul_(gamma) if in_place else branch.mul(gamma))
 
 
 class AdaLNBeforeHead(nn.Module):
