@@ -129,16 +129,15 @@ def rows(o, config: str, device: torch.device, sample_batches, train_batches) ->
     r = LlamaGenRows(o, CONFIGS[config], device)
     rows = [
         Row("free_whole", "guidance-free generation, whole (tokens + VQ decode)", r.sampling(1.0, True),
-            sample_batches, 1 / 1.3),
-        Row("free_tokens", "guidance-free generation, tokens only", r.sampling(1.0, False), sample_batches, 0.5),
-        Row("cfg_whole", f"CFG generation (scale {CFG_SCALE}), whole", r.sampling(CFG_SCALE, True), sample_batches,
-            1.0),
+            sample_batches),
+        Row("free_tokens", "guidance-free generation, tokens only", r.sampling(1.0, False), sample_batches),
+        Row("cfg_whole", f"CFG generation (scale {CFG_SCALE}), whole", r.sampling(CFG_SCALE, True), sample_batches),
         Row("cfg_tokens", f"CFG generation (scale {CFG_SCALE}), tokens only", r.sampling(CFG_SCALE, False),
-            sample_batches, 1.0),
-        Row("decode", "VQ decode (codes -> images)", r.decode, sample_batches, 1.0),
-        Row("encode", "VQ encode (images -> codes)", r.encode, sample_batches, None),
-        Row("plain_step", "plain next-token step: forward + backward", r.plain_step, train_batches, 1.0),
-        Row("cca_step", "CCA step (reference, policy fwd+bwd, clip, AdamW)", r.cca_step, train_batches, None),
+            sample_batches),
+        Row("decode", "VQ decode (codes -> images)", r.decode, sample_batches),
+        Row("encode", "VQ encode (images -> codes)", r.encode, sample_batches),
+        Row("plain_step", "plain next-token step: forward + backward", r.plain_step, train_batches),
+        Row("cca_step", "CCA step (reference, policy fwd+bwd, clip, AdamW)", r.cca_step, train_batches),
     ]
     assert tuple(row.key for row in rows) == ROW_KEYS
     return rows

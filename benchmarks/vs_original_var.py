@@ -154,15 +154,14 @@ def rows(o, config: str, device: torch.device, sample_batches, train_batches) ->
     r = VARRows(o, CONFIGS[config], device)
     rows = [
         Row("free_whole", "guidance-free sampling, whole (tokens + VQVAE decode)", r.sampling(0.0, True),
-            sample_batches, 1 / 1.3),
-        Row("free_tokens", "guidance-free sampling, tokens only", r.sampling(0.0, False), sample_batches, 0.5),
-        Row("cfg_whole", f"CFG sampling (cfg {CFG}), whole", r.sampling(CFG, True), sample_batches, 1.0),
-        Row("cfg_tokens", f"CFG sampling (cfg {CFG}), tokens only", r.sampling(CFG, False), sample_batches, 1.0),
-        Row("decode", "VQVAE decode (f_hat -> images)", r.decode, sample_batches, 1.0),
-        Row("encode", "VQVAE encode (images -> multi-scale tokens)", r.encode, sample_batches, None),
-        Row("plain_step", "plain next-token step: forward + backward", r.plain_step, train_batches, 1.0),
-        Row("cca_step", "CCA step (tokenize, reference, policy fwd+bwd, clip, AdamW)", r.cca_step, train_batches,
-            None),
+            sample_batches),
+        Row("free_tokens", "guidance-free sampling, tokens only", r.sampling(0.0, False), sample_batches),
+        Row("cfg_whole", f"CFG sampling (cfg {CFG}), whole", r.sampling(CFG, True), sample_batches),
+        Row("cfg_tokens", f"CFG sampling (cfg {CFG}), tokens only", r.sampling(CFG, False), sample_batches),
+        Row("decode", "VQVAE decode (f_hat -> images)", r.decode, sample_batches),
+        Row("encode", "VQVAE encode (images -> multi-scale tokens)", r.encode, sample_batches),
+        Row("plain_step", "plain next-token step: forward + backward", r.plain_step, train_batches),
+        Row("cca_step", "CCA step (tokenize, reference, policy fwd+bwd, clip, AdamW)", r.cca_step, train_batches),
     ]
     assert tuple(row.key for row in rows) == ROW_KEYS
     return rows
