@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 
 def parse_value(text: str, like):
     if isinstance(like, bool):
@@ -83,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo_output", help="output folder (stage cache in OUT/cache)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline, not the claim (< 3 min)")
     p.add_argument("--families", default="llamagen,var", help="comma-separated subset of llamagen,var")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads: 0 (default) auto, every core unless other processes keep some busy "
+                        "(re-decided as the run goes, see demo/README.md); N: fixed")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a setting, e.g. --set llamagen.cca.lambda_=300 --set per_class=50")
     p.add_argument("--sweep", action="append", default=[], metavar="FAMILY.FIELD=V1,V2",
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     from cca.checkpoint import check_writable_dir
     check_writable_dir(out_dir, "--out")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from demo.cpuload import THREADS
+    THREADS.configure(args.threads)
     from cca import dist as cdist
     cdist.init("cpu")                      # the miniature runs on the CPU, in this one process
     from demo.pipeline import run_demo

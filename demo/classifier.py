@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from cca.checkpoint import save_safetensors_atomic
 from demo.config import ClassifierConfig
+from demo.cpuload import THREADS
 
 
 
@@ -98,6 +99,7 @@ def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, spec: C
     net.train()
     while step < total:
         for idx in _batches(len(y), batch_size, gen):
+            THREADS.adapt()
             xb = x[idx]
             if torch.rand((), generator=gen) < 0.5:
                 xb = xb.flip(-1)

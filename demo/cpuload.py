@@ -7,6 +7,7 @@ missing the load is nan: unknown, never taken for quiet.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -74,8 +75,67 @@ def wait_for_quiet(threshold: float, timeout: float, probe: float = 0.5) -> tupl
     return load, time.perf_counter() - t0
 
 
+class ThreadPolicy:
+    """The demo's torch thread count: fixed, or 'auto': every core unless other processes keep some busy.
+
+    Auto decides from the foreign load since its last decision (no extra waiting: the jiffies of the work just
+    done), at every stage start and every ``every`` seconds inside the long loops (``adapt``):
+    threads = cores - round(foreign load), at least 1. Two threads that spin-wait in OpenMP barriers next to a busy
+    process run several times slower than one (demo/README.md has the measurements); one thread on the free core
+    does not. Thread counts change the floating-point summation order, so the record of switches goes into the
+    report: runs that used the same threads throughout give the same numbers on one machine."""
+
+    def __init__(self):
+        self.auto, self.every = False, 10.0
+        self._last: Jiffies | None = None
+        self._t = 0.0
+        self.seconds_at: dict[int, float] = {}            # threads -> seconds of work at that count
+        self.switches: list[dict] = []
+
+    def configure(self, threads: int, every: float = 10.0) -> None:
+        """``threads`` > 0: fixed; 0: auto (first decision after half a second of measuring)."""
+        import torch
+        self.auto, self.every, self.seconds_at, self.switches = threads == 0, every, {}, []
+        if threads:
+            torch.set_num_threads(threads)
+            return
+        self._last, self._t = read_jiffies(), time.perf_counter()
+        time.sleep(0.5)
+        self.adapt(force=True)
+
+    def adapt(self, force: bool = False) -> int:
+        """Re-decides (auto only) when ``every`` seconds have passed, or now with ``force``; returns the count."""
+        import torch
+        current = torch.get_num_threads()
+        now = time.perf_counter()
+        if not self.auto or now - self._t < (1.0 if force else self.every):     # a decision needs 1 s of data
+            return current
+        reading = read_jiffies()
+        foreign = foreign_cores(self._last, reading)
+        cpus = reading.cpus if reading else (os.cpu_count() or 1)
+        wanted = current if math.isnan(foreign) else max(1, min(cpus, cpus - int(round(foreign))))
+        self.seconds_at[current] = self.seconds_at.get(current, 0.0) + now - self._t
+        self._last, self._t = reading, now
+        if wanted != current:
+            torch.set_num_threads(wanted)
+            self.switches.append({"to": wanted, "foreign_load": round(foreign, 2)})
+        return wanted
+
+    def summary(self) -> dict:
+        """{'mode', 'seconds_at_threads' (auto: seconds of work per thread count), 'switches'}."""
+        import torch
+        if not self.auto:
+            return {"mode": "fixed", "seconds_at_threads": {str(torch.get_num_threads()): None}, "switches": 0}
+        self.adapt(force=True)
+        return {"mode": "auto", "seconds_at_threads": {str(k): round(v, 1) for k, v in sorted(self.seconds_at.items())},
+                "switches": len(self.switches)}
+
+
+THREADS = ThreadPolicy()
+
+
 def machine_description() -> dict:
-    """CPU model (/proc/cpuinfo), logical CPUs, torch version and threads: what a run's numbers depend on."""
+    """CPU model (/proc/cpuinfo), logical CPUs, torch version: what a run's numbers depend on (with the threads)."""
     import platform
 
     import torch
@@ -89,5 +149,5 @@ def machine_description() -> dict:
     model = info.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in info:
         model += f" (family {info['cpu family']}, model {info.get('model', '?')})"
-    return {"cpu": model, "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"cpu": model, "cpus": os.cpu_count(), "torch": torch.__version__,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}

@@ -18,7 +18,7 @@ from cca.sampling import to_uint8_nhwc
 from demo import report
 from demo.classifier import accuracy, load_classifier, save_classifier, train_classifier
 from demo.config import DemoConfig, FamilyConfig, key_of
-from demo.cpuload import machine_description
+from demo.cpuload import THREADS, machine_description
 from demo.data import Split, load_split
 from demo.evaluate import Scorer, load_replicates
 from demo.families import FAMILIES, Family
@@ -273,6 +273,7 @@ def run_demo(cfg: DemoConfig, data_dir: Path, out_dir: Path, families: list[str]
         if seeds > 1:
             metrics["seed_summary"][name] = seed_summary(metrics["variants"], name, run_seeds, list(nets),
                                                          lambda v: replicates(v["replicates"]))
+    metrics["threads"] = THREADS.summary()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report.write_report(out_dir, metrics, notes=notes, cfg=cfg, stage_seconds=cache.seconds,
                         skipped=cache.skipped, wall_seconds=time.perf_counter() - t0,

@@ -143,14 +143,16 @@ def _plot_family(out_dir: Path, variants: dict, family: str, net: str) -> str | 
 
 
 def header(metrics: dict, cfg, stage_seconds: dict, skipped: list, wall_seconds: float) -> list[str]:
-    m = metrics["machine"]
+    m, t = metrics["machine"], metrics["threads"]
+    threads = ", ".join(f"{n} thread(s) for {s:.0f} s" if s is not None else f"{n} thread(s)"
+                        for n, s in t["seconds_at_threads"].items())
     nets = "; ".join(f"**{n}** ({i['spec']['stages']} convs, {'averaged' if i['spec']['global_pool'] else 'flattened'}"
                      f", {i['spec']['feat_dim']} features, seed {i['spec']['seed']}): test accuracy "
                      f"{i['test_accuracy']:.4f}" for n, i in metrics["feature_networks"].items())
     return ["# CCA in miniature: Fashion-MNIST, 16 px, both model families", "",
             f"Wall time of this invocation: **{wall_seconds / 60:.1f} min** ({wall_seconds:.0f} s) on {m['cpu']}, "
-            f"{m['cpus']} logical CPUs, {m['threads']} thread(s), OMP_WAIT_POLICY {m['omp_wait_policy']}, torch "
-            f"{m['torch']}; stages computed from scratch would take {sum(stage_seconds.values()) / 60:.1f} min "
+            f"{m['cpus']} logical CPUs, torch {m['torch']}; threads {t['mode']}: {threads} ({t['switches']} "
+            f"switches; OMP_WAIT_POLICY {m['omp_wait_policy']}); stages computed from scratch would take {sum(stage_seconds.values()) / 60:.1f} min "
             f"(sum of their recorded times){'; cached stages: ' + str(len(skipped)) if skipped else ''}.", "",
             f"Feature networks, trained independently on the train split: {nets}. Under each: classifier-FID and "
             f"precision/recall (k = 3) against the test split, accuracy = share of samples the network assigns to "

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
-from demo.cpuload import LoadMeter, wait_for_quiet
+from demo.cpuload import THREADS, LoadMeter, wait_for_quiet
 from demo.tokenizers import llamagen_decode
 from LlamaGen.generate import generate as llamagen_generate
 from VAR.sampler import generate as var_generate
@@ -75,6 +75,7 @@ def sample_to_npz(variant: Variant, out_dir: Path, *, per_class: int, num_classe
     bar = tqdm(total=writer.num_pending(), desc=f"sample {variant.name}", disable=not progress, unit="img",
                dynamic_ncols=True)
     for indices in writer.pending_batches():
+        THREADS.adapt()
         t0 = time.perf_counter()
         with torch.inference_mode():
             images = variant.sample(torch.from_numpy(labels[indices]), seed * 1_000_003 + int(indices[0]))

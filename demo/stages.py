@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cca.checkpoint import load_state_dict_file, load_strict, save_safetensors_atomic
+from demo.cpuload import THREADS
 
 
 class StageCache:
@@ -37,7 +38,8 @@ class StageCache:
                 self.skipped.append(name)
                 self.log(f"[demo] {name}: cached ({meta.get('seconds', 0):.0f}s when computed)")
                 return meta["result"]
-        self.log(f"[demo] {name}: running")
+        threads = THREADS.adapt(force=True)
+        self.log(f"[demo] {name}: running ({threads} thread{'s' if threads > 1 else ''})")
         t0 = time.perf_counter()
         result = compute()
         seconds = time.perf_counter() - t0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from demo.cpuload import Jiffies, LoadMeter, foreign_cores, read_jiffies
+from demo.cpuload import Jiffies, LoadMeter, ThreadPolicy, foreign_cores, read_jiffies
 from demo.samplers import TimingPolicy, Variant, time_variants
 
 
@@ -74,3 +74,22 @@ def test_timing_under_a_busy_process_is_flagged_or_unaffected(spinner):
         flagged = not busy[name]["sec_per_image_quiet"] and busy[name]["sec_per_image_load"] > 0.1
         unaffected = busy[name]["sec_per_image"] <= 1.25 * quiet[name]["sec_per_image"]
         assert flagged or unaffected, (name, busy[name], quiet[name])
+
+
+def test_auto_threads_leave_a_busy_core_to_its_process(spinner):
+    """Auto mode: with one core kept busy by another process, the next decision uses the cores left (at least
+    one); a fixed count never changes."""
+    policy = ThreadPolicy()
+    threads = torch.get_num_threads()
+    try:
+        policy.configure(0, every=0.2)
+        time.sleep(1.2)
+        got = policy.adapt(force=True)
+        cpus = read_jiffies().cpus
+        assert got == max(1, cpus - 1) or (cpus > 2 and got < cpus), (got, cpus, policy.switches)
+        assert policy.summary()["mode"] == "auto"
+        policy.configure(2)
+        time.sleep(0.3)
+        assert policy.adapt(force=True) == 2 and policy.summary()["switches"] == 0
+    finally:
+        torch.set_num_threads(threads)
