@@ -86,48 +86,54 @@ class ThreadPolicy:
     report: runs that used the same threads throughout give the same numbers on one machine."""
 
     def __init__(self):
-        self.auto, self.every = False, 10.0
-        self._last: Jiffies | None = None
-        self._t = 0.0
+        self._reset(auto=False, every=10.0)
+
+    def _reset(self, auto: bool, every: float) -> None:
+        self.auto, self.every = auto, every
+        self._last: Jiffies | None = read_jiffies() if auto else None
+        self._decided = self._t = time.perf_counter()
         self.seconds_at: dict[int, float] = {}            # threads -> seconds of work at that count
         self.switches: list[dict] = []
 
     def configure(self, threads: int, every: float = 10.0) -> None:
         """``threads`` > 0: fixed; 0: auto (first decision after half a second of measuring)."""
         import torch
-        self.auto, self.every, self.seconds_at, self.switches = threads == 0, every, {}, []
+        self._reset(threads == 0, every)
         if threads:
             torch.set_num_threads(threads)
             return
-        self._last, self._t = read_jiffies(), time.perf_counter()
         time.sleep(0.5)
         self.adapt(force=True)
+
+    def usage(self) -> dict[int, float]:
+        """Seconds of work at each thread count so far (since ``configure``)."""
+        import torch
+        now, current = time.perf_counter(), torch.get_num_threads()
+        self.seconds_at[current] = self.seconds_at.get(current, 0.0) + now - self._t
+        self._t = now
+        return dict(self.seconds_at)
 
     def adapt(self, force: bool = False) -> int:
         """Re-decides (auto only) when ``every`` seconds have passed, or now with ``force``; returns the count."""
         import torch
-        current = torch.get_num_threads()
-        now = time.perf_counter()
-        if not self.auto or now - self._t < (1.0 if force else self.every):     # a decision needs 1 s of data
+        current, now = torch.get_num_threads(), time.perf_counter()
+        if not self.auto or now - self._decided < (0.5 if force else self.every):   # a decision needs data
             return current
         reading = read_jiffies()
         foreign = foreign_cores(self._last, reading)
+        self._last, self._decided = reading, now
         cpus = reading.cpus if reading else (os.cpu_count() or 1)
         wanted = current if math.isnan(foreign) else max(1, min(cpus, cpus - int(round(foreign))))
-        self.seconds_at[current] = self.seconds_at.get(current, 0.0) + now - self._t
-        self._last, self._t = reading, now
         if wanted != current:
+            self.usage()
             torch.set_num_threads(wanted)
             self.switches.append({"to": wanted, "foreign_load": round(foreign, 2)})
         return wanted
 
     def summary(self) -> dict:
-        """{'mode', 'seconds_at_threads' (auto: seconds of work per thread count), 'switches'}."""
-        import torch
-        if not self.auto:
-            return {"mode": "fixed", "seconds_at_threads": {str(torch.get_num_threads()): None}, "switches": 0}
-        self.adapt(force=True)
-        return {"mode": "auto", "seconds_at_threads": {str(k): round(v, 1) for k, v in sorted(self.seconds_at.items())},
+        """{'mode', 'seconds_at_threads' (seconds of work per thread count), 'switches'}."""
+        return {"mode": "auto" if self.auto else "fixed",
+                "seconds_at_threads": {str(k): round(v, 1) for k, v in sorted(self.usage().items())},
                 "switches": len(self.switches)}
 
 

@@ -276,6 +276,6 @@ def run_demo(cfg: DemoConfig, data_dir: Path, out_dir: Path, families: list[str]
     metrics["threads"] = THREADS.summary()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report.write_report(out_dir, metrics, notes=notes, cfg=cfg, stage_seconds=cache.seconds,
-                        skipped=cache.skipped, wall_seconds=time.perf_counter() - t0,
+                        stage_threads=cache.threads, skipped=cache.skipped, wall_seconds=time.perf_counter() - t0,
                         replicates=lambda v: replicates(v["replicates"]))
     return metrics

@@ -160,8 +160,8 @@ def header(metrics: dict, cfg, stage_seconds: dict, skipped: list, wall_seconds:
             f"samples (the test split fixed). {cfg.per_class * 10} samples per variant.", ""]
 
 
-def write_report(out_dir: Path, metrics: dict, *, notes: dict, cfg, stage_seconds: dict, skipped: list,
-                 wall_seconds: float, replicates: Callable[[dict], dict]) -> Path:
+def write_report(out_dir: Path, metrics: dict, *, notes: dict, cfg, stage_seconds: dict, stage_threads: dict,
+                 skipped: list, wall_seconds: float, replicates: Callable[[dict], dict]) -> Path:
     variants = _main_variants(metrics)
     families = list(metrics["targets"])
     lines = header(metrics, cfg, stage_seconds, skipped, wall_seconds) + ["## Results", ""]
@@ -198,8 +198,11 @@ def write_report(out_dir: Path, metrics: dict, *, notes: dict, cfg, stage_second
     for fam in families:
         for part in ("tokenizer", "pretrain", "cca"):
             lines.append(f"- **{fam}** {part}: {json.dumps(notes.get(fam, {}).get(part, {}))}")
-    lines += ["", "## Stage times (s)", "", "| stage | seconds | |", "|---|---:|---|"]
-    lines += [f"| {name} | {s:.1f} | {'cached' if name in skipped else ''} |" for name, s in stage_seconds.items()]
+    lines += ["", "## Stage times (s)", "", "Threads: seconds of the stage's work at each thread count (auto mode switches "
+              "to fewer threads while other processes keep cores busy; the numbers of stages that ran with the same "
+              "threads are bit-identical on one machine).", "", "| stage | seconds | threads | |", "|---|---:|---|---|"]
+    lines += [f"| {name} | {s:.1f} | {', '.join(f'{n}: {t:.0f} s' for n, t in stage_threads.get(name, {}).items())} "
+              f"| {'cached' if name in skipped else ''} |" for name, s in stage_seconds.items()]
     lines += ["", "## Settings", "", "```json", json.dumps(dataclasses.asdict(cfg), indent=1), "```", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
