@@ -126,6 +126,18 @@ def test_rerun_uses_the_cache(quick_run):
     assert (out / "metrics.json").read_text() == before
 
 
+def test_a_fresh_run_at_the_same_threads_repeats_every_score(quick_run, tmp_path):
+    """The seeded stages are bit-stable on one machine at a fixed thread count (demo/README.md's claim)."""
+    proc = run_demo("--quick", "--data", str(DATA), "--out", str(tmp_path / "again"), "--threads", "1",
+                    "--no-progress", "--families", "var", timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first = json.loads((quick_run / "metrics.json").read_text())
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["feature_networks"] == first["feature_networks"]
+    for name, v in again["variants"].items():
+        assert v["scores"] == first["variants"][name]["scores"], name
+
+
 def test_seeds_and_extra_points_reuse_the_run(quick_run, tmp_path):
     out = quick_run
     copy = tmp_path / "out"
