@@ -4,10 +4,12 @@
         --gpt-model=GPT-XL --image-size=384 --image-size-eval=256 --per-proc-batch-size=48 --cfg-scale=1.0 \
         --num-fid-samples=50000
 
-Writes ``<sample-dir>/<run name>.npz`` with ``arr_0`` uint8 (N, H, W, 3), shuffled, and ``arr_1`` int64 labels
-(every class equally often), without a PNG round trip (``--save-png`` keeps PNGs too). Finished batches are kept
-under ``<run name>.parts/``: rerunning the same command resumes. ``--cfg-scale 1`` is guidance-free (half the
-cost of guided sampling: only the conditional rows run).
+Writes ``<sample-dir>/<run name>.npz`` with ``arr_0`` uint8 (N, H, W, 3) in sample-index order, ``arr_1`` int64
+labels (drawn uniformly per sample as originally; ``--balanced-labels``: every class equally often) and
+``settings``, without a PNG round trip (``--save-png`` keeps PNGs too). Pixels are the original's
+``clamp(127.5 x + 128, 0, 255)`` cut to uint8. Finished batches are kept under ``<run name>.parts/``: rerunning the
+same command resumes; a rerun with other settings is refused. ``--cfg-scale 1`` is guidance-free (half the cost
+of guided sampling: only the conditional rows run).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import torch.nn.functional as F
 from cca import dist as cdist
 from cca.checkpoint import check_writable_dir, require_checkpoint
 from cca.compiling import compile_blocks
-from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
+from cca.plan import add_dry_run_args
+from cca.sampling import ShardedNpzWriter, balanced_labels, random_labels, to_uint8_nhwc
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights, load_vq
 from LlamaGen.generate import generate
 from LlamaGen.gpt import GPT_SIZES
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the GPT blocks (default: on GPU only)")
     p.add_argument("--vq-model", choices=list(VQ_models), default="VQ-16")
-    p.add_argument("--vq-ckpt", required=True, help="tokenizer checkpoint (vq_ds16_c2i.pt)")
+    p.add_argument("--vq-ckpt", default="vq_ds16_c2i", help="tokenizer (file, release name or hf://)")
     p.add_argument("--codebook-size", type=int, default=16384)
     p.add_argument("--codebook-embed-dim", type=int, default=8)
     p.add_argument("--image-size", type=int, default=384)
@@ -60,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
     p.add_argument("--top-p", type=float, default=1.0, help="1: no nucleus filtering")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--balanced-labels", action="store_true",
+                   help="every class equally often (the original draws each sample's class uniformly at random)")
     p.add_argument("--save-png", action="store_true", help="also write <index>.png files")
+    p.add_argument("--no-tf32", action="store_true", help="full float32 CUDA matmuls (the original allows TF32)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_dry_run_args(p)
     return p
 
 
@@ -86,20 +93,52 @@ def run_name(args: argparse.Namespace) -> str:
     ckpt_name = f"{ckpt.parent.parent.name}-{ckpt.stem}" if ckpt.parent.name == "checkpoints" else ckpt.stem
     return (f"{args.gpt_model}-{ckpt_name}-size-{args.image_size}-size-{args.image_size_eval}-{args.vq_model}-"
             f"topk-{args.top_k}-topp-{args.top_p}-temperature-{args.temperature}-cfg-{args.cfg_scale}-"
-            f"seed-{args.global_seed}")
+            f"seed-{args.global_seed}-n{args.num_fid_samples}" + ("-balanced" if args.balanced_labels else ""))
+
+
+def sample_settings(args: argparse.Namespace, dtype: torch.dtype) -> dict:
+    """What decides the samples (recorded with them; a rerun with other values is refused)."""
+    keys = ("gpt_model", "vq_model", "codebook_size", "codebook_embed_dim", "image_size", "image_size_eval",
+            "downsample_size", "num_classes", "cfg_scale", "cfg_interval", "num_fid_samples", "global_seed", "top_k",
+            "top_p", "temperature", "balanced_labels")
+    paths = {k: str(Path(getattr(args, k)).resolve()) if not str(getattr(args, k)).startswith("hf://")
+             else getattr(args, k) for k in ("gpt_ckpt", "vq_ckpt")}
+    return {**{k: getattr(args, k) for k in keys}, **paths, "dtype": str(dtype)}
+
+
+def make_writer(args: argparse.Namespace, name: str, dist: cdist.Dist, dtype: torch.dtype) -> ShardedNpzWriter:
+    """The npz writer: every sample index's class (uniform draws, or balanced), in index order, with the settings."""
+    draw = balanced_labels if args.balanced_labels else random_labels
+    labels = draw(args.num_fid_samples, args.num_classes, seed=args.global_seed)
+    return ShardedNpzWriter(args.sample_dir, name, labels, rank=dist.rank, world=dist.world_size,
+                            batch_size=args.per_proc_batch_size, shuffle_seed=None,
+                            settings=sample_settings(args, dtype))
 
 
 @torch.no_grad()   # scoped: a caller's grad mode is back after main returns or raises (not a global switch)
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        from LlamaGen.plan import dry_run_sample
+        return dry_run_sample(args)
     check_args(args)
     dist = cdist.init(args.device)
+    cdist.set_tf32(not args.no_tf32)
     if dist.is_main:      # before any model is loaded
         check_writable_dir(args.sample_dir, "--sample-dir")
     cdist.barrier()
     device = dist.device
     dtype = PRECISIONS["bf16" if device.type == "cuda" else "none"] if args.precision == "auto" \
         else PRECISIONS[args.precision]
+
+    latent = args.image_size // args.downsample_size
+    name = run_name(args)
+    writer = make_writer(args, name, dist, dtype)
+    labels = writer.labels
+    if writer.finished():
+        if dist.is_main:
+            print(f"{writer.npz_path} already exists (same settings); nothing to do")
+        return
 
     vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, device)
     if vq.downsample != args.downsample_size:
@@ -111,11 +150,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile or (args.compile is None and device.type == "cuda"):
         compile_blocks(gpt.layers, device)
 
-    latent = args.image_size // args.downsample_size
-    name = run_name(args)
-    labels = balanced_labels(args.num_fid_samples, args.num_classes, seed=args.global_seed)
-    writer = ShardedNpzWriter(args.sample_dir, name, labels, rank=dist.rank, world=dist.world_size,
-                              batch_size=args.per_proc_batch_size, shuffle_seed=args.global_seed)
     png_dir = Path(args.sample_dir) / name
     if args.save_png:
         png_dir.mkdir(parents=True, exist_ok=True)

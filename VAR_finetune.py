@@ -6,13 +6,16 @@
 
 Runs as one process (CPU or GPU) or under torchrun (gloo on CPU, nccl on GPU). The policy and the frozen
 reference both start from --ref_ckpt. Output in <local_out_dir>/<exp_name>/: log.txt, tb/ (tensorboard),
-resume.pt (resumable state) and ar-ckpt-last.pth, a plain state dict that VAR_sample.py --ckpt_path loads.
-Batch semantics as in the original: --bs is the global batch per optimizer step, split over processes and --ac
-accumulation steps; the learning rate is --tblr x bs / 256.
+resume.pt (resumable state) and ar-ckpt-last.pth, a plain state dict that VAR_sample.py --ckpt_path (and the
+original VAR_sample.py) loads. The recipe is the original's (docs/differences.md): --bs is the global batch per
+optimizer step, split over processes and --ac micro-batches whose gradients are averaged; lr = tblr x bs / 256;
+the --sche schedule advances once per micro-batch; fp16 loss scale 2^11, grown every 1000 steps, capped at 2^15;
+the reference runs in train mode (drop path like the policy).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import sys
@@ -21,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cca.plan import add_dry_run_args
+
 
 def flag_bool(text: str) -> bool:
     """1/0, true/false, yes/no (the original VAR took --hflip=True / False)."""
@@ -28,6 +33,22 @@ def flag_bool(text: str) -> bool:
     if value is None:
         raise argparse.ArgumentTypeError(f"expected 1/0 or true/false, got {text!r}")
     return value
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Data, output folder, seeding and resume flags."""
+    g = p.add_argument_group("data and run")
+    g.add_argument("--data_path", required=True, help="ImageNet-style folder: <class>/<image> (or train/<class>/...)")
+    g.add_argument("--hflip", type=flag_bool, default=False, help="random horizontal flips (1/0, true/false)")
+    g.add_argument("--mid_reso", type=float, default=1.125, help="resize to mid_reso x size, then random-crop")
+    g.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation, null-class draws")
+    g.add_argument("--exp_name", default="default", help="run folder name under --local_out_dir")
+    g.add_argument("--local_out_dir", default="local_output", help="parent of the run folder")
+    g.add_argument("--ckpt_every", type=int, default=1000, help="optimizer steps between resumable checkpoints "
+                   "(resume.pt and ar-ckpt-last.pth); 0: only at the end")
+    g.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue a run: a resume.pt path, or no value for <run folder>/resume.pt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,16 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "class (keeps CFG usable); 0 for guidance-free only")
     g.add_argument("--dpr_ratio", type=float, default=1.0, help="drop-path rate relative to pretraining "
                    "(1.0: 0.1*depth/24; 0.0: none)")
-    g.add_argument("--ref_dropout", type=int, default=0, choices=(0, 1), help="run the frozen reference "
-                   "deterministically in eval mode (0, default) or with drop path like the policy (1, the original "
-                   "release's behaviour)")
+    g.add_argument("--ref_dropout", type=int, default=1, choices=(0, 1), help="run the frozen reference with "
+                   "drop path like the policy, in train mode (1, the original) or deterministically in eval mode (0)")
+    g.add_argument("--roll_per_micro_batch", type=flag_bool, default=False, help="negatives: labels rolled within "
+                   "each --ac micro-batch (1, the original) instead of over the process's whole batch (0)")
     g = p.add_argument_group("model")
     g.add_argument("--depth", type=int, default=16, help="VAR depth (16, 20, 24, 30 released)")
     g.add_argument("--num_classes", type=int, default=1000, help="classes (= class folders in --data_path)")
     g.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums (256, 512 or 1_2_3_...)")
+    g.add_argument("--saln", type=flag_bool, default=False, help="shared AdaLN (1 for d36-s: --depth 36 --pn 512)")
     g.add_argument("--alng", type=float, default=1e-5, help="AdaLN gamma init multiplier (initialisation only; "
                    "the weights come from --ref_ckpt, as in the original)")
-    g.add_argument("--vae_ckpt", default="vae_ch160v4096z32.pth", help="VQVAE weights")
+    for flag, default in (("--aln", 0.5), ("--hd", 0.02), ("--ini", -1.0)):
+        g.add_argument(flag, type=float, default=default, help="initialisation only, like --alng")
+    g.add_argument("--vae_ckpt", default="vae_ch160v4096z32", help="VQVAE weights (file, release name or hf://)")
     g.add_argument("--vae_ch", type=int, default=160, help="VQVAE base width")
     g.add_argument("--vae_V", type=int, default=4096, help="VQVAE codebook size")
     g.add_argument("--vae_Cvae", type=int, default=32, help="VQVAE code width")
@@ -60,29 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bs", type=int, default=768, help="global batch per optimizer step")
     g.add_argument("--ac", type=int, default=1, help="gradient accumulation steps")
     g.add_argument("--ep", type=int, default=250, help="epochs")
-    g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: --ep epochs)")
+    g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimizer steps (0: --ep "
+                   "epochs); the lr / wd schedule stays the one --ep defines")
     g.add_argument("--tblr", type=float, default=1e-4, help="base learning rate (lr = tblr * bs / 256)")
     g.add_argument("--twd", type=float, default=0.05, help="initial weight decay")
     g.add_argument("--twde", type=float, default=0.0, help="final weight decay (0: same as --twd)")
     g.add_argument("--tclip", type=float, default=2.0, help="gradient-norm clip (<=0: off)")
+    g.add_argument("--sche", default="lin0", help="lr schedule after warmup: lin0, lin, lin00, cos, exp or lin<T>")
     g.add_argument("--wp", type=float, default=0.0, help="warmup epochs (0: ep/50)")
+    g.add_argument("--wp0", type=float, default=0.005, help="learning-rate ratio at the start of warmup")
     g.add_argument("--wpe", type=float, default=0.01, help="final learning-rate ratio")
+    g.add_argument("--opt", choices=("adamw", "adam"), default="adamw", help="AdamW either way (betas 0.9, 0.95)")
+    g.add_argument("--afuse", type=flag_bool, default=True, help="fused AdamW kernel where torch has one")
     g.add_argument("--fp16", type=int, default=0, choices=(0, 1, 2), help="0: fp32, 1: fp16, 2: bf16 autocast")
+    g.add_argument("--tf32", type=flag_bool, default=True, help="TensorFloat-32 float32 matmuls on CUDA")
     g.add_argument("--joint_halves", type=flag_bool, default=False,
                    help="CCA/unlearning: matched and mismatched rows in one 2B pass (more activation memory) "
                         "instead of one after the other")
-    g = p.add_argument_group("data and run")
-    g.add_argument("--data_path", required=True, help="ImageNet-style folder: <class>/<image> (or train/<class>/...)")
-    g.add_argument("--hflip", type=flag_bool, default=False, help="random horizontal flips (1/0, true/false)")
-    g.add_argument("--mid_reso", type=float, default=1.125, help="resize to mid_reso x size, then random-crop")
-    g.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
-    g.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation, null-class draws")
-    g.add_argument("--exp_name", default="default", help="run folder name under --local_out_dir")
-    g.add_argument("--local_out_dir", default="local_output", help="parent of the run folder")
-    g.add_argument("--ckpt_every", type=int, default=1000, help="optimizer steps between resumable checkpoints "
-                   "(resume.pt and ar-ckpt-last.pth); 0: only at the end")
-    g.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue a run: a resume.pt path, or no value for <run folder>/resume.pt")
+    _add_run_flags(p)
+    add_dry_run_args(p)
     return p
 
 
@@ -94,6 +115,11 @@ def check_args(args: argparse.Namespace, world: int) -> int:
             raise SystemExit(f"{flag}: must be a positive integer, got {value}")
     if not 0.0 <= args.uncond_ratio < 1.0:
         raise SystemExit(f"--uncond_ratio: must be in [0, 1), got {args.uncond_ratio}")
+    from cca.schedule import check_schedule
+    try:
+        check_schedule(args.sche)
+    except ValueError as e:
+        raise SystemExit(f"--sche: {e}") from None
     from cca.checkpoint import require_checkpoint
     from cca.loss import LOSS_TYPES
     if args.loss_type.lower() not in {t.lower() for t in LOSS_TYPES}:
@@ -114,66 +140,90 @@ def check_args(args: argparse.Namespace, world: int) -> int:
     return micro
 
 
+def steps_per_epoch(args: argparse.Namespace, world: int, num_images: int) -> int:
+    """Optimizer steps in one epoch: whole global batches of round(bs / ac / world) x ac x world images."""
+    return num_images // (world * round(args.bs / args.ac / world) * args.ac)
+
+
+def train_config(args: argparse.Namespace, world: int, num_images: int, out_dir: str | Path):
+    """The original recipe from the flags: per-process micro-batch round(bs / ac / world), lr = ac x tblr x
+    (micro x world) / 256, mean of the micro-batch gradients, the schedule indexed by micro-iteration over
+    ep x ceil(images / (micro x world)) of them (the original loader's length), warmup wp (0: ep/50) epochs."""
+    from cca.trainer import TrainConfig
+    from VAR.adapter import VAR_NO_DECAY_KEYS
+    micro = round(args.bs / args.ac / world)
+    iters_per_epoch = math.ceil(num_images / (micro * world))
+    total_steps = args.ep * steps_per_epoch(args, world, num_images)
+    return TrainConfig(
+        out_dir=str(out_dir), batch_size=micro * args.ac, grad_accum=args.ac, grad_accum_reduction="mean",
+        loss_type=args.loss_type, beta=args.beta, lambda_=args.lambda_, uncond_ratio=args.uncond_ratio,
+        lr=args.ac * args.tblr * micro * world / 256, weight_decay=args.twd, wd_end=args.twde or args.twd,
+        fused_adamw=args.afuse, max_grad_norm=max(args.tclip, 0.0), epochs=args.ep,
+        max_steps=args.max_steps or None, schedule=args.sche, schedule_unit="micro",
+        schedule_total=args.ep * iters_per_epoch, warmup_steps=(args.wp or args.ep / 50) * iters_per_epoch,
+        warmup_start=args.wp0, final_lr_ratio=args.wpe, precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16],
+        fp16_scaler=(2.0 ** 11, 1000, 2.0 ** 15), log_every=max(1, min(10, total_steps)),
+        ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
+        ckpt_every=max(args.ckpt_every, 0), split_halves=not args.joint_halves,
+        roll_per_micro_batch=args.roll_per_micro_batch, no_decay_keys=VAR_NO_DECAY_KEYS,
+        extra={"cli": vars(args), "argv": sys.argv[1:]})
+
+
+def build_models(args: argparse.Namespace, patch_nums: tuple[int, ...], device: torch.device):
+    """(vae, policy, reference) on ``device``, both transformers loaded from --ref_ckpt (built on meta first)."""
+    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
+    vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
+    load_vae_weights(vae, args.vae_ckpt)
+    models = []
+    for _ in range(2):   # policy, reference: separate tensors (each load maps the file privately)
+        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
+                        shared_aln=args.saln, init_adaln_gamma=args.alng, dpr_ratio=args.dpr_ratio,
+                        cond_drop_rate=0.0, device="meta")
+        models.append(load_var_weights(var, args.ref_ckpt, flag="--ref_ckpt").to(device))
+    return vae.to(device), *models
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        from VAR.plan import dry_run_finetune
+        return dry_run_finetune(args)
     from VAR.build import parse_patch_nums
     patch_nums = parse_patch_nums(args.pn)
 
     from cca import dist as cdist
     from cca.checkpoint import CheckpointError, save_atomic
-    from cca.trainer import Trainer, TrainConfig
-    from VAR.adapter import VAR_NO_DECAY_KEYS, VARAdapter
-    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
+    from cca.trainer import Trainer
+    from VAR.adapter import VARAdapter
     from VAR.data import build_train_dataset
 
     d = cdist.init()
     micro = check_args(args, d.world_size)
-    final_reso = patch_nums[-1] * 16
-    dataset = build_train_dataset(args.data_path, final_reso, mid_reso=args.mid_reso, hflip=args.hflip,
+    cdist.set_tf32(args.tf32)
+    dataset = build_train_dataset(args.data_path, patch_nums[-1] * 16, mid_reso=args.mid_reso, hflip=args.hflip,
                                   num_classes=args.num_classes)
-    per_rank = micro * args.ac
-    steps_per_epoch = len(dataset) // (d.world_size * per_rank)
-    if steps_per_epoch == 0:
+    if steps_per_epoch(args, d.world_size, len(dataset)) == 0:
         raise SystemExit(f"--data_path: {len(dataset)} images are fewer than one global batch "
-                         f"({d.world_size} x {per_rank}); lower --bs")
+                         f"({d.world_size} x {micro * args.ac}); lower --bs")
     seed = args.seed * d.world_size + d.rank
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-
     try:   # heavy part: models on the meta device, then the checkpoints' tensors
-        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
-        load_vae_weights(vae, args.vae_ckpt)
-        models = []
-        for _ in range(2):   # policy, reference: separate tensors (each load maps the file privately)
-            var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
-                            init_adaln_gamma=args.alng, dpr_ratio=args.dpr_ratio, cond_drop_rate=0.0, device="meta")
-            models.append(load_var_weights(var, args.ref_ckpt, flag="--ref_ckpt").to(d.device))
+        vae, policy, reference = build_models(args, patch_nums, d.device)
     except CheckpointError as e:
         raise SystemExit(str(e)) from None
-    policy, reference = models
-    vae.to(d.device)
 
     out_dir = Path(args.local_out_dir) / args.exp_name
-    total_steps = args.ep * steps_per_epoch
-    warmup_epochs = args.wp if args.wp > 0 else args.ep / 50
-    cfg = TrainConfig(
-        out_dir=str(out_dir), batch_size=per_rank, grad_accum=args.ac, loss_type=args.loss_type, beta=args.beta,
-        lambda_=args.lambda_, uncond_ratio=args.uncond_ratio, lr=args.tblr * micro * args.ac * d.world_size / 256,
-        weight_decay=args.twd, wd_end=args.twde or args.twd, max_grad_norm=max(args.tclip, 0.0),
-        epochs=args.ep, max_steps=args.max_steps or None, schedule="var",
-        warmup_steps=warmup_epochs * steps_per_epoch, final_lr_ratio=args.wpe,
-        precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16], log_every=max(1, min(10, total_steps)),
-        ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
-        ckpt_every=max(args.ckpt_every, 0), split_halves=not args.joint_halves,
-        no_decay_keys=VAR_NO_DECAY_KEYS, extra={"cli": vars(args), "argv": sys.argv[1:]})
+    cfg = train_config(args, d.world_size, len(dataset), out_dir)
 
     def export(state_dict: dict, step: int, final: bool) -> None:
         save_atomic(state_dict, out_dir / "ar-ckpt-last.pth")
 
     trainer = Trainer(policy, reference, VARAdapter(vae, args.num_classes), cfg, dist=d, export=export)
     if d.is_main:
+        steps = args.ep * steps_per_epoch(args, d.world_size, len(dataset))
         print(f"[VAR_finetune] depth {args.depth}, {len(dataset)} images in {args.num_classes} classes, "
               f"{d.world_size} process(es) x {micro} rows x {args.ac} accumulation, lr {cfg.lr:.3g}, "
-              f"{min(total_steps, args.max_steps or total_steps)} steps -> {out_dir}", flush=True)
+              f"{min(steps, args.max_steps or steps)} steps -> {out_dir}", flush=True)
     try:
         trainer.fit(dataset)
     except CheckpointError as e:

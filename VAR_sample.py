@@ -4,10 +4,12 @@
     torchrun --nproc_per_node=8 VAR_sample.py ...        (shards the samples over processes)
 
 --cfg follows VAR's convention: 0 means no guidance (and then only the conditional half is computed), larger
-values guide with a strength ramping linearly over the scales. Writes <sample_dir>/<name>.npz with ``arr_0``
-uint8 (N, H, W, 3) in a shuffled order and ``arr_1`` the labels in the same order; N = num_classes x
-num_per_class. Finished batches are kept under <sample_dir>/<name>.parts/, so a rerun continues where a killed run
-stopped and never produces an index twice.
+values guide with a strength ramping linearly over the scales (default 1.0, the original's; CCA models: 0).
+Writes <sample_dir>/<name>.npz with ``arr_0`` uint8 (N, H, W, 3) in the original's shuffled order, ``arr_1``
+the labels in the same order and ``settings``; N = num_classes x num_per_class, generated class by class.
+Pixels are x·255 cut to uint8 as originally (--round_uint8 1 rounds). Finished batches are kept under
+<sample_dir>/<name>.parts/, so a rerun continues where a killed run stopped and never produces an index twice; a
+rerun with other settings is refused.
 """
 from __future__ import annotations
 
@@ -19,13 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cca.plan import add_dry_run_args
+from VAR_finetune import flag_bool
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="VAR_sample.py", description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--ckpt_path", required=True, help="VAR weights (released, CCA release, or ar-ckpt-last.pth)")
-    p.add_argument("--vae_ckpt", default="./vae_ch160v4096z32.pth", help="VQVAE weights")
-    p.add_argument("--cfg", type=float, default=0.0, help="guidance strength, VAR convention (0: none)")
+    p.add_argument("--vae_ckpt", default="vae_ch160v4096z32", help="VQVAE weights (file, release name or hf://)")
+    p.add_argument("--cfg", type=float, default=1.0, help="guidance strength, VAR convention (0: none)")
     p.add_argument("--depth", type=int, default=16, help="VAR depth of --ckpt_path (16, 20, 24, 30 released)")
     p.add_argument("--sample_dir", default="./samples", help="where the npz (and .parts/, PNGs) go")
     p.add_argument("--num_per_class", type=int, default=50, help="samples per class")
@@ -36,17 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--more_smooth", action="store_true", help="Gumbel-softmax soft codes (visualisation only)")
     p.add_argument("--seed", type=int, default=1, help="sampling seed (also fixes the npz order)")
     p.add_argument("--png", action="store_true", help="also write one PNG per sample")
-    p.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums of the model")
+    p.add_argument("--round_uint8", type=flag_bool, default=False,
+                   help="round pixels to the nearest level (the original cuts x·255, half a level darker)")
+    p.add_argument("--tf32", type=flag_bool, default=True, help="TensorFloat-32 float32 matmuls on CUDA")
+    p.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums of the model (256, 512 or 1_2_3_...)")
+    p.add_argument("--saln", type=flag_bool, default=False, help="shared AdaLN (1 for d36-s: --depth 36 --pn 512)")
     p.add_argument("--vae_ch", type=int, default=160, help="VQVAE base width")
     p.add_argument("--vae_V", type=int, default=4096, help="VQVAE codebook size")
     p.add_argument("--vae_Cvae", type=int, default=32, help="VQVAE code width")
+    add_dry_run_args(p)
     return p
 
 
 def run_name(args: argparse.Namespace) -> str:
     parts = Path(args.ckpt_path).with_suffix("").parts[-2:]
     stem = re.sub(r"[^\w\-+.]", "_", "-".join(parts))
-    return f"d{args.depth}-{stem}-cfg-{args.cfg:g}-topk{args.top_k}-topp{args.top_p:g}-seed-{args.seed}"
+    return (f"d{args.depth}-{stem}-cfg-{args.cfg:g}-topk{args.top_k}-topp{args.top_p:g}-seed-{args.seed}-"
+            f"{args.num_classes}x{args.num_per_class}")
+
+
+def sample_settings(args: argparse.Namespace) -> dict:
+    """What decides the samples (recorded with them; a rerun with other values is refused)."""
+    keys = ("depth", "pn", "saln", "num_classes", "num_per_class", "cfg", "top_k", "top_p", "more_smooth", "seed",
+            "round_uint8")
+    paths = {k: str(Path(getattr(args, k)).resolve()) for k in ("ckpt_path", "vae_ckpt")
+             if not str(getattr(args, k)).startswith("hf://")}
+    return {**{k: getattr(args, k) for k in keys}, "ckpt_path": args.ckpt_path, "vae_ckpt": args.vae_ckpt, **paths}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -61,8 +81,26 @@ def check_args(args: argparse.Namespace) -> None:
         require_checkpoint(path, flag)
 
 
+def load_models(args: argparse.Namespace, patch_nums: tuple[int, ...], device: torch.device):
+    """(vae, var) for sampling, built on meta and loaded strictly from --vae_ckpt / --ckpt_path, in eval mode."""
+    from cca.checkpoint import CheckpointError
+    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
+    try:
+        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
+        load_vae_weights(vae, args.vae_ckpt)
+        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
+                        shared_aln=args.saln, cond_drop_rate=0.0, device="meta")
+        load_var_weights(var, args.ckpt_path, flag="--ckpt_path")
+    except CheckpointError as e:
+        raise SystemExit(str(e)) from None
+    return vae.to(device).eval(), var.to(device).eval().requires_grad_(False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        from VAR.plan import dry_run_sample
+        return dry_run_sample(args)
     from VAR.build import parse_patch_nums
     patch_nums = parse_patch_nums(args.pn)
     check_args(args)
@@ -70,32 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from cca import dist as cdist
-    from cca.checkpoint import CheckpointError, check_writable_dir
+    from cca.checkpoint import check_writable_dir
     from cca.sampling import ShardedNpzWriter, to_uint8_nhwc
-    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
 
     d = cdist.init()
+    cdist.set_tf32(args.tf32)
+    torch.backends.cudnn.deterministic = True        # as the original sampler
     sample_dir = check_writable_dir(args.sample_dir, "--sample_dir") if d.is_main else Path(args.sample_dir)
     cdist.barrier()
     name = run_name(args)
     labels = np.repeat(np.arange(args.num_classes, dtype=np.int64), args.num_per_class)   # index -> class
     writer = ShardedNpzWriter(sample_dir, name, labels, rank=d.rank, world=d.world_size,
-                              batch_size=args.batch_size, shuffle_seed=args.seed)
-    if writer.npz_path.exists():
+                              batch_size=args.batch_size, shuffle_seed=args.seed, settings=sample_settings(args))
+    if writer.finished():
         if d.is_main:
-            print(f"[VAR_sample] {writer.npz_path} already exists; nothing to do", flush=True)
+            print(f"[VAR_sample] {writer.npz_path} already exists (same settings); nothing to do", flush=True)
         return 0
 
-    try:
-        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
-        load_vae_weights(vae, args.vae_ckpt)
-        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
-                        cond_drop_rate=0.0, device="meta")
-        load_var_weights(var, args.ckpt_path, flag="--ckpt_path")
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
-    vae.to(d.device).eval()
-    var.to(d.device).eval().requires_grad_(False)
+    _, var = load_models(args, patch_nums, d.device)
     png_dir = sample_dir / name if args.png else None
     if png_dir is not None:
         png_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             images = var.autoregressive_infer_cfg(len(indices), label_B, g_seed=args.seed * 1_000_003 + int(indices[0]),
                                                   cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                                   more_smooth=args.more_smooth)   # (b, 3, H, W) in [0, 1]
-        images = to_uint8_nhwc(images)                                         # (b, H, W, 3) uint8
+        images = to_uint8_nhwc(images, rounding="nearest" if args.round_uint8 else "truncate")   # (b, H, W, 3)
         if png_dir is not None:
             from PIL import Image
             for i, img in zip(indices, images):

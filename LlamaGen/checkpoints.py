@@ -1,7 +1,8 @@
 """Building LlamaGen models from CLI-style settings and loading user checkpoints with one-line diagnostics.
 
-Accepted GPT files: ``{'model': sd}`` (B / L / XL releases, our fine-tunes), raw state dicts (XXL / 3B FSDP
-releases), ``.safetensors``; an extra ``freqs_cis`` entry is ignored. VQ files: ``{'model': sd}`` or raw.
+Accepted GPT files: ``{'model': sd}`` (B / L / XL releases, the T2I releases, our fine-tunes; ``'module'`` and
+``'state_dict'`` too), raw state dicts (XXL / 3B FSDP releases), ``.safetensors``; an extra ``freqs_cis`` entry is
+ignored. VQ files (c2i and t2i tokenizers alike): ``{'model': sd}`` or raw.
 """
 from __future__ import annotations
 
@@ -19,43 +20,65 @@ _VQ_CH_MULT = {"VQ-16": [1, 1, 2, 2, 4], "VQ-8": [1, 2, 2, 4]}
 
 # ----------------------------------------------------------------------------------------------------- GPT
 def describe_gpt_state_dict(sd: dict[str, torch.Tensor]) -> dict:
-    """Sizes readable from a GPT state dict: n_layer, dim, vocab_size, class rows, and the registry name."""
-    if "tok_embeddings.weight" not in sd or "cls_embedding.embedding_table.weight" not in sd:
+    """Sizes readable from a GPT state dict: n_layer, dim, vocab_size, the registry name, and the condition:
+    ``type`` 'c2i' with its class rows, or 't2i' with its caption width and null-caption rows."""
+    if "tok_embeddings.weight" not in sd:
+        return {}
+    if "cls_embedding.embedding_table.weight" in sd:
+        info = {"type": "c2i", "class_rows": int(sd["cls_embedding.embedding_table.weight"].shape[0])}
+    elif "cls_embedding.cap_proj.fc1.weight" in sd:
+        null = sd.get("cls_embedding.uncond_embedding")
+        info = {"type": "t2i", "caption_dim": int(sd["cls_embedding.cap_proj.fc1.weight"].shape[1]),
+                "caption_tokens": None if null is None else int(null.shape[0])}
+    else:
         return {}
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k))}
     vocab, dim = sd["tok_embeddings.weight"].shape
-    info = {"n_layer": len(layers), "dim": int(dim), "vocab_size": int(vocab),
-            "class_rows": int(sd["cls_embedding.embedding_table.weight"].shape[0])}
+    info.update(n_layer=len(layers), dim=int(dim), vocab_size=int(vocab))
     info["name"] = next((n for n, (L, _, d) in GPT_SIZES.items() if (L, d) == (len(layers), dim)), None)
     return info
 
 
-def gpt_hint(num_classes: int) -> callable:
+def gpt_hint(model: Transformer) -> callable:
     def hint(sd: dict[str, torch.Tensor]) -> Optional[str]:
         info = describe_gpt_state_dict(sd)
         if not info:
             return "this is not a LlamaGen GPT checkpoint (no tok_embeddings / cls_embedding weights)"
         size = f"looks like {info['name']}; pass --gpt-model {info['name']}" if info["name"] else \
             f"{info['n_layer']} layers of width {info['dim']} (no registered size)"
-        classes = info["class_rows"] - 1 if info["class_rows"] > num_classes else info["class_rows"]
-        return (f"{size}; vocab {info['vocab_size']} (--vocab-size / --codebook-size), {classes} classes "
-                f"(--num-classes)")
+        vocab = f"vocab {info['vocab_size']} (--vocab-size / --codebook-size)"
+        if info["type"] != model.model_type:
+            kind = "text-to-image" if info["type"] == "t2i" else "class-conditional"
+            return f"a {kind} GPT: pass --gpt-type {info['type']}; {size}; {vocab}"
+        if info["type"] == "t2i":
+            return (f"{size}; {vocab}; {info['caption_dim']}-d caption features, {info['caption_tokens']} caption "
+                    f"tokens (--cls-token-num)")
+        classes = info["class_rows"] - 1          # the last row is the null (unconditional) class
+        fix = f"; pass --num-classes {classes}" if classes != model.num_classes else ""
+        return f"{size}; {vocab}, {classes} classes{fix}"
     return hint
 
 
 def build_gpt(gpt_model: str, *, vocab_size: int, image_size: int, downsample_size: int, num_classes: int,
               device: torch.device | str = "cpu", dropout_p: float = 0.0, token_dropout_p: float = 0.0,
-              drop_path_rate: float = 0.0) -> Transformer:
-    """A class-conditional GPT of a registered size; built on ``device`` (use 'meta' before a load with assign)."""
+              drop_path_rate: float = 0.0, class_dropout_prob: float = 0.0, gpt_type: str = "c2i",
+              cls_token_num: Optional[int] = None, caption_dim: int = 2048) -> Transformer:
+    """A GPT of a registered size, class-conditional or (``gpt_type='t2i'``) text-conditional with
+    ``cls_token_num`` caption tokens (default 120) of width ``caption_dim``; built on ``device`` (use 'meta'
+    before a load with assign). ``class_dropout_prob``: label / caption dropout in training mode (off unless asked;
+    the CCA fine-tunes use 1e-5 with DDP, 1e-6 with FSDP, as the original).
+    A wrong ``gpt_type`` / ``cls_token_num`` raises the model's ValueError."""
     if gpt_model not in GPT_SIZES:
         raise SystemExit(f"--gpt-model: unknown size {gpt_model!r}; choose from {', '.join(GPT_SIZES)}")
     if image_size % downsample_size:
         raise SystemExit(f"--image-size {image_size} is not a multiple of --downsample-size {downsample_size}")
+    tokens = cls_token_num if cls_token_num is not None else (1 if gpt_type == "c2i" else 120)
     n_layer, n_head, dim = GPT_SIZES[gpt_model]
     args = ModelArgs(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size, num_classes=num_classes,
-                     block_size=(image_size // downsample_size) ** 2, cls_token_num=1, model_type="c2i",
-                     class_dropout_prob=0.0, token_dropout_p=token_dropout_p, resid_dropout_p=dropout_p,
-                     ffn_dropout_p=dropout_p, attn_dropout_p=0.0, drop_path_rate=drop_path_rate)
+                     block_size=(image_size // downsample_size) ** 2, cls_token_num=tokens, model_type=gpt_type,
+                     caption_dim=caption_dim, class_dropout_prob=class_dropout_prob, token_dropout_p=token_dropout_p,
+                     resid_dropout_p=dropout_p, ffn_dropout_p=dropout_p, attn_dropout_p=0.0,
+                     drop_path_rate=drop_path_rate)
     with torch.device(device):
         return Transformer(args)
 
@@ -68,7 +91,7 @@ def load_gpt_weights(model: Transformer, path: str, flag: str = "--gpt-ckpt") ->
         except CheckpointError as e:
             raise CheckpointError(f"{flag}: {e}") from None
         on_meta = model.tok_embeddings.weight.is_meta
-        load_strict(model, sd, source=f"{flag} {path}", hint=gpt_hint(model.num_classes), assign=on_meta)
+        load_strict(model, sd, source=f"{flag} {path}", hint=gpt_hint(model), assign=on_meta)
     except CheckpointError as e:
         raise SystemExit(str(e)) from None
     return model

@@ -16,6 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 
+def code_prefix(dataset: str) -> str:
+    """The folder prefix of ``--dataset``: the original's ``imagenet_code`` keeps its files under ``imagenet*``."""
+    return "imagenet" if dataset == "imagenet_code" else dataset
+
+
 def code_dirs(code_path: str | os.PathLike, image_size: int, dataset: str = "imagenet") -> tuple[Path, Path]:
     root = Path(code_path)
     return root / f"{dataset}{image_size}_codes", root / f"{dataset}{image_size}_labels"

@@ -3,8 +3,12 @@ released LlamaGen GPT on pre-extracted codes, through the shared trainer (cca/tr
 
 Flags follow the CCA release (``--global-batch-size --gradient-accumulation-step(s) --epochs --ckpt-every --lr
 --loss_type --expid --lambda_ --beta --uncond_ratio --keep_dropout --ref_ckpt --code-path --image-size
---gpt-model``); outputs go to ``<results-dir>/<NNN>-<expid>-<gpt-model>/``: ``checkpoints/<step:07d>.pt`` as
-``{"model": state_dict}`` (what LLamaGen_sample_ddp.py loads as-is) and ``resume.pt`` (resumable state).
+--gpt-model``); outputs go to ``<results-dir>/<NNN>-<expid>-<gpt-model>/``: ``checkpoints/<step:07d>.pt`` and
+``resume.pt`` (resumable state). The weight files have the original scripts' formats: ``{"model": state_dict}``
+(+ ``"ema"``) from the DDP script, the bare state dict from the FSDP one (what upstream ``sample_c2i_ddp.py
+--from-fsdp`` reads); LLamaGen_sample_ddp.py loads both. The recipe is the original's (docs/differences.md): the
+undivided micro-batch losses are backpropagated (their gradients add up) and the sum is clipped; the reference
+runs in train mode (dropout like the policy); no learning-rate schedule.
 """
 from __future__ import annotations
 
@@ -20,13 +24,55 @@ from cca import dist as cdist
 from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
 from cca.compiling import compile_blocks
 from cca.loss import LOSS_TYPES
+from cca.plan import add_dry_run_args
+from cca.train_config import TORCH_FP16_SCALER
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
-from LlamaGen.codes import CodeDataset, load_npy
+from LlamaGen.codes import CodeDataset, code_prefix, load_npy
 from LlamaGen.gpt import GPT_SIZES
 
 PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+def _add_training_flags(p: argparse.ArgumentParser, fsdp: bool) -> None:
+    """The optimisation and run flags (the original's names and defaults; FSDP's precision flags)."""
+    t = p.add_argument_group("training")
+    t.add_argument("--results-dir", default="results")
+    t.add_argument("--global-batch-size", type=int, default=256)
+    t.add_argument("--gradient-accumulation-steps", "--gradient-accumulation-step", dest="grad_accum", type=int,
+                   default=1, help="micro-batches per optimizer step")
+    t.add_argument("--epochs", type=float, default=300)
+    t.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: --epochs)")
+    t.add_argument("--lr", type=float, default=1e-4, help="constant learning rate (no warmup, no decay)")
+    t.add_argument("--weight-decay", type=float, default=5e-2, help="on >= 2-D parameters only")
+    t.add_argument("--beta1", type=float, default=0.9)
+    t.add_argument("--beta2", type=float, default=0.95)
+    t.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    t.add_argument("--global-seed", type=int, default=0)
+    t.add_argument("--num-workers", type=int, default=24)
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--ckpt-every", type=int, default=5000,
+                   help="optimizer steps between checkpoints (step 5000 is always saved, as originally)")
+    t.add_argument("--ema", action="store_true", help="keep an EMA (decay 0.9999) of the policy (DDP script only)")
+    t.add_argument("--resume", default=None,
+                   help="'auto' (latest run of this --expid/--gpt-model with resume.pt), a run folder, or resume.pt")
+    t.add_argument("--no-local-save", action="store_true", help="write no checkpoints/<step>.pt weight files")
+    t.add_argument("--no-compile", action="store_true", help="do not torch.compile the blocks (never on CPU)")
+    t.add_argument("--no-tf32", action="store_true", help="full float32 CUDA matmuls (the original allows TF32)")
+    t.add_argument("--joint-halves", action="store_true",
+                   help="CCA/unlearning: run matched and mismatched rows in one 2B pass (more activation memory, "
+                        "one all-gather per FSDP forward) instead of one after the other")
+    if fsdp:
+        t.add_argument("--mixed-precision", choices=["none", "fp32", "tf32", "fp16", "bf16"], default="bf16",
+                       help="FSDP parameter dtype in forward/backward, and the autocast dtype")
+        t.add_argument("--grad-precision", choices=["fp32", "fp16", "bf16"], default=None,
+                       help="FSDP gradient reduce dtype (default: that of --mixed-precision, as originally)")
+        t.add_argument("--data-parallel", choices=["fsdp", "sdp", "hsdp"], default="fsdp",
+                       help="full shard / shard grads+optimizer only / shard within a node, replicate across")
+    else:
+        t.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="bf16",
+                       help="autocast dtype (fp16 uses a gradient scaler)")
 
 
 def build_parser(fsdp: bool) -> argparse.ArgumentParser:
@@ -44,56 +90,34 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
     cca.add_argument("--uncond_ratio", type=float, default=0.0,
                      help="fraction of rows whose condition becomes the null class (keeps CFG usable)")
     cca.add_argument("--keep_dropout", action="store_true",
-                     help="train the policy with LlamaGen's dropout (--dropout-p, --token-dropout-p)")
-    cca.add_argument("--ref-train-mode", action="store_true",
-                     help="also run the reference with dropout, as the original scripts did")
+                     help="train with LlamaGen's dropout (--dropout-p, --token-dropout-p, --drop-path-rate)")
+    cca.add_argument("--ref-eval-mode", action="store_true",
+                     help="run the frozen reference deterministically in eval mode (the original: train mode, with "
+                          "the policy's dropout)")
+    cca.add_argument("--grad-accum-mean", action="store_true",
+                     help="average the micro-batch gradients (the original adds them up, then clips the sum)")
+    cca.add_argument("--roll-per-micro-batch", action="store_true",
+                     help="negatives: labels rolled within each micro-batch, as originally (default: over the "
+                          "process's whole batch, so the pairing does not depend on the accumulation steps)")
     m = p.add_argument_group("model and data")
     m.add_argument("--gpt-model", choices=list(GPT_SIZES), default="GPT-B")
     m.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models")
     m.add_argument("--code-path", required=True, help="folder with imagenet<size>_codes/ and imagenet<size>_labels/")
-    m.add_argument("--dataset", default="imagenet", help="prefix of the code folders (imagenet -> imagenet384_codes)")
+    m.add_argument("--dataset", default="imagenet_code", help="imagenet_code (the original's only code data set: "
+                   "<code-path>/imagenet<size>_codes), or another prefix of the code folders")
     m.add_argument("--image-size", type=int, default=256)
     m.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
     m.add_argument("--vocab-size", type=int, default=16384, help="codebook size of the tokenizer")
     m.add_argument("--num-classes", type=int, default=1000)
     m.add_argument("--cls-token-num", type=int, choices=[1], default=1)
-    m.add_argument("--dropout-p", type=float, default=0.1, help="residual / FFN dropout with --keep_dropout")
+    m.add_argument("--dropout-p", type=float, default=0.1,
+                   help="residual / FFN dropout with --keep_dropout (0 when --drop-path-rate > 0, as originally)")
     m.add_argument("--token-dropout-p", type=float, default=0.1, help="token dropout with --keep_dropout")
     m.add_argument("--drop-path-rate", type=float, default=0.0, help="stochastic depth with --keep_dropout")
-    t = p.add_argument_group("training")
-    t.add_argument("--results-dir", default="results")
-    t.add_argument("--global-batch-size", type=int, default=256)
-    t.add_argument("--gradient-accumulation-steps", "--gradient-accumulation-step", dest="grad_accum", type=int,
-                   default=1, help="micro-batches per optimizer step")
-    t.add_argument("--epochs", type=float, default=1.0)
-    t.add_argument("--max-steps", type=int, default=0, help="stop after this many optimizer steps (0: no limit)")
-    t.add_argument("--lr", type=float, default=1e-5)
-    t.add_argument("--weight-decay", type=float, default=5e-2, help="on >= 2-D parameters only")
-    t.add_argument("--beta1", type=float, default=0.9)
-    t.add_argument("--beta2", type=float, default=0.95)
-    t.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    t.add_argument("--global-seed", type=int, default=0)
-    t.add_argument("--num-workers", type=int, default=4)
-    t.add_argument("--log-every", type=int, default=100)
-    t.add_argument("--ckpt-every", type=int, default=5000, help="optimizer steps between checkpoints")
-    t.add_argument("--ema", action="store_true", help="keep an EMA (decay 0.9999) of the policy (DDP script only)")
-    t.add_argument("--resume", default=None,
-                   help="'auto' (latest run of this --expid/--gpt-model with resume.pt), a run folder, or resume.pt")
-    t.add_argument("--no-local-save", action="store_true", help="write no checkpoints/<step>.pt weight files")
-    t.add_argument("--no-compile", action="store_true", help="do not torch.compile the blocks (never on CPU)")
-    t.add_argument("--joint-halves", action="store_true",
-                   help="CCA/unlearning: run matched and mismatched rows in one 2B pass (more activation memory, "
-                        "one all-gather per FSDP forward) instead of one after the other")
-    if fsdp:
-        t.add_argument("--mixed-precision", choices=["none", "fp32", "tf32", "fp16", "bf16"], default="bf16",
-                       help="FSDP parameter dtype in forward/backward")
-        t.add_argument("--grad-precision", choices=["fp32", "fp16", "bf16"], default="fp32",
-                       help="FSDP gradient reduce dtype")
-        t.add_argument("--data-parallel", choices=["fsdp", "sdp", "hsdp"], default="fsdp",
-                       help="full shard / shard grads+optimizer only / shard within a node, replicate across")
-    else:
-        t.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="bf16",
-                       help="autocast dtype (fp16 uses a gradient scaler)")
+    m.add_argument("--dropout-with-drop-path", action="store_true",
+                   help="keep --dropout-p when --drop-path-rate > 0 (the original turns it off)")
+    _add_training_flags(p, fsdp)
+    add_dry_run_args(p)
     return p
 
 
@@ -116,6 +140,8 @@ def check_args(args: argparse.Namespace, world: int, fsdp: bool = False) -> None
         raise SystemExit(f"--uncond_ratio must be in [0, 1), got {args.uncond_ratio}")
     if args.lr <= 0 or args.epochs <= 0:
         raise SystemExit("--lr and --epochs must be positive")
+    if args.max_grad_norm < 0:
+        raise SystemExit(f"--max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
 
 
 def check_codes(dataset: CodeDataset, vocab_size: int, code_path: str, num_classes: int) -> None:
@@ -161,53 +187,89 @@ def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | Non
     return Path(folder), resume
 
 
+def model_kwargs(args: argparse.Namespace, fsdp: bool) -> dict:
+    """Dropout settings as the original scripts set them: none without --keep_dropout; with it, residual / FFN
+    dropout only while --drop-path-rate is 0 (unless --dropout-with-drop-path); label dropout 1e-5 (FSDP 1e-6)."""
+    kwargs = {"class_dropout_prob": 1e-6 if fsdp else 1e-5}
+    if args.keep_dropout:
+        keep = args.drop_path_rate == 0 or args.dropout_with_drop_path
+        kwargs.update(dropout_p=args.dropout_p if keep else 0.0, token_dropout_p=args.token_dropout_p,
+                      drop_path_rate=args.drop_path_rate)
+    return kwargs
+
+
+def build_policy(args: argparse.Namespace, fsdp: bool) -> torch.nn.Module:
+    """The GPT of --gpt-model with --ref_ckpt's weights (built on meta, the file memory-mapped)."""
+    policy = build_gpt(args.gpt_model, vocab_size=args.vocab_size, image_size=args.image_size,
+                       downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta",
+                       **model_kwargs(args, fsdp))
+    return load_gpt_weights(policy, args.ref_ckpt, flag="--ref_ckpt")
+
+
+def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.Dist, fsdp: bool,
+                 log: logging.Logger):
+    """(policy, frozen reference copy) on the device, compiled per block on CUDA, sharded per block under FSDP."""
+    reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
+    policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
+    if dist.device.type == "cuda" and not args.no_compile:
+        compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
+    if fsdp:
+        from LlamaGen.fsdp import shard_gpt
+        grads = args.grad_precision or PRECISION[args.mixed_precision]
+        policy = shard_gpt(policy, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
+        reference = shard_gpt(reference, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
+    return policy, reference
+
+
+def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str | None,
+                 fsdp: bool) -> TrainConfig:
+    """The original recipe: per-process batch global / world in --gradient-accumulation-steps micro-batches whose
+    undivided losses are backpropagated, the summed gradient clipped at --max-grad-norm; constant lr; fused AdamW;
+    autocast in --mixed-precision (FSDP: on top of its parameter dtype, without a loss scaler)."""
+    return TrainConfig(out_dir=str(folder), batch_size=args.global_batch_size // world, loss_type=args.loss_type,
+                       beta=args.beta, lambda_=args.lambda_, uncond_ratio=args.uncond_ratio, lr=args.lr,
+                       weight_decay=args.weight_decay, betas=(args.beta1, args.beta2), fused_adamw=True,
+                       max_grad_norm=args.max_grad_norm, grad_accum=args.grad_accum,
+                       grad_accum_reduction="mean" if args.grad_accum_mean else "sum", epochs=args.epochs,
+                       max_steps=args.max_steps or None, precision=PRECISION[args.mixed_precision],
+                       fp16_scaler=None if fsdp else TORCH_FP16_SCALER, log_every=args.log_every,
+                       ckpt_every=args.ckpt_every, ckpt_steps=(5000,), ema=0.9999 if args.ema else 0.0,
+                       ref_train_mode=not args.ref_eval_mode, seed=args.global_seed, resume=resume,
+                       num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp",
+                       split_halves=not args.joint_halves, roll_per_micro_batch=args.roll_per_micro_batch,
+                       extra=vars(args))
+
+
 def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     args = build_parser(fsdp).parse_args(argv)
+    if args.dry_run:
+        from LlamaGen.plan import dry_run_finetune
+        return dry_run_finetune(args, fsdp)
     check_args(args, int(os.environ.get("WORLD_SIZE", "1")), fsdp)
-    dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, args.dataset)
+    dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, code_prefix(args.dataset))
     check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
-    drop = dict(dropout_p=args.dropout_p, token_dropout_p=args.token_dropout_p,
-                drop_path_rate=args.drop_path_rate) if args.keep_dropout else {}
-    policy = build_gpt(args.gpt_model, vocab_size=args.vocab_size, image_size=args.image_size,
-                       downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta", **drop)
-    load_gpt_weights(policy, args.ref_ckpt, flag="--ref_ckpt")      # memory-mapped; fails before any output
+    policy = build_policy(args, fsdp)                   # a bad checkpoint fails before any output
     dist = cdist.init()
+    cdist.set_tf32(not args.no_tf32)
     folder, resume = run_dir(args, dist)
     if dist.is_main:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("cca")
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
-    reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
-    if args.ref_train_mode and args.keep_dropout is False:
-        log.warning("--ref-train-mode without --keep_dropout: the reference has no dropout to apply")
-    policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
-    if dist.device.type == "cuda" and not args.no_compile:
-        compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
+    if args.ref_eval_mode and not args.keep_dropout:
+        log.warning("--ref-eval-mode without --keep_dropout switches off only the reference's label dropout (1e-5)")
+    policy, reference = place_models(policy, args, dist, fsdp, log)
     if dist.is_main:
         log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,
                  f"{sum(p.numel() for p in policy.parameters()):,}", len(dataset), folder)
-
-    precision = PRECISION[args.mixed_precision]
-    if fsdp:
-        from LlamaGen.fsdp import shard_gpt
-        policy = shard_gpt(policy, args.data_parallel, precision, args.grad_precision, dist)
-        reference = shard_gpt(reference, args.data_parallel, precision, args.grad_precision, dist)
-        precision = "fp32"            # FSDP's mixed-precision policy casts; no autocast on top
-    cfg = TrainConfig(out_dir=str(folder), batch_size=args.global_batch_size // dist.world_size,
-                      loss_type=args.loss_type, beta=args.beta, lambda_=args.lambda_, uncond_ratio=args.uncond_ratio,
-                      lr=args.lr, weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
-                      max_grad_norm=args.max_grad_norm, grad_accum=args.grad_accum, epochs=args.epochs,
-                      max_steps=args.max_steps or None, precision=precision, log_every=args.log_every,
-                      ckpt_every=args.ckpt_every, ema=0.9999 if args.ema else 0.0,
-                      ref_train_mode=args.ref_train_mode, seed=args.global_seed, resume=resume,
-                      num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp",
-                      split_halves=not args.joint_halves, extra=vars(args))
+    cfg = train_config(args, dist.world_size, folder, resume, fsdp)
     trainer: Trainer | None = None
 
     def export(state_dict: dict, step: int, final: bool) -> None:
         if args.no_local_save:
             return
-        ckpt = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}}
+        weights = {k: v.detach().cpu() for k, v in state_dict.items()}
+        ckpt = weights if fsdp else {"model": weights}     # the originals' formats
         if trainer is not None and trainer.ema is not None:
             ckpt["ema"] = {k: v.to(state_dict[k].dtype) for k, v in trainer.ema.items()}
         path = save_atomic(ckpt, folder / "checkpoints" / f"{step:07d}.pt")

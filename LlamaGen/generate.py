@@ -1,10 +1,11 @@
-"""Class-conditional sampling for the LlamaGen GPT with a static, preallocated KV cache.
+"""Class- and caption-conditional sampling for the LlamaGen GPT with a static, preallocated KV cache.
 
 The cache is a ``KVCache`` object created per call and dropped afterwards: the model's ``state_dict()`` is the same
 before and after generating (the original registered its caches as persistent buffers on the model).
 
 Guidance uses LlamaGen's convention: ``cfg_scale == 1`` (or below) is guidance-free and runs only the B conditional
-rows; ``cfg_scale > 1`` adds B unconditional rows (class ``num_classes``) and mixes u + s·(c − u).
+rows; ``cfg_scale > 1`` adds B unconditional rows (class ``num_classes``, or for a text-to-image GPT the learned
+null caption under each prompt's own mask) and mixes u + s·(c − u).
 ``cfg_interval = k >= 0`` stops guiding after decode step k (from then on only the B conditional rows run).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from cca.sampling import filter_logits, guide, sample_from_logits
+from LlamaGen.captions import Caption
 from LlamaGen.gpt import KVCache, Transformer
 
 LogitsHook = Callable[[int, torch.Tensor], None]   # (step, (B, V) logits handed to the sampler) -> None
@@ -27,13 +29,48 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 
     return filter_logits(logits / max(temperature, 1e-5), top_k, top_p).argmax(dim=-1)
 
 
-def _check_inputs(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float) -> None:
-    if cond.dim() != 1 or cond.shape[0] == 0:
-        raise ValueError(f"cond must be (B,) class indices with B >= 1, got shape {tuple(cond.shape)}")
+def _check_inputs(model: Transformer, cond: torch.Tensor | Caption, max_new_tokens: int, cfg_scale: float) -> None:
+    if model.model_type == "t2i":
+        _check_caption(model, cond)
+    elif not isinstance(cond, torch.Tensor) or cond.dim() != 1 or cond.shape[0] == 0:
+        raise ValueError(f"cond must be (B,) class indices with B >= 1, got {_describe(cond)}")
     if not 1 <= max_new_tokens <= model.block_size:
         raise ValueError(f"max_new_tokens must be in [1, {model.block_size}] (block_size), got {max_new_tokens}")
-    if cfg_scale > 1.0 and not model.cls_embedding.has_null_row:
+    if cfg_scale > 1.0 and model.model_type == "c2i" and not model.cls_embedding.has_null_row:
         raise ValueError("cfg_scale > 1 needs the unconditional class row, which this model has no weights for")
+
+
+def _describe(cond) -> str:
+    return f"shape {tuple(cond.shape)}" if isinstance(cond, torch.Tensor) else type(cond).__name__
+
+
+def _check_caption(model: Transformer, cond: Caption) -> None:
+    model.cls_embedding.check(cond)
+    if cond.emb.shape[0] == 0:
+        raise ValueError("cond must hold at least one caption")
+    if not bool(cond.mask[:, -1].all()):   # right padding would predict token 0 from a pad row
+        raise ValueError("captions must be LEFT-padded (real tokens at the end, mask[:, -1] True); convert T5 "
+                         "output with LlamaGen.captions.left_pad")
+
+
+def _batch(cond: torch.Tensor | Caption) -> tuple[int, torch.device]:
+    lead = cond.emb if isinstance(cond, Caption) else cond
+    return lead.shape[0], lead.device
+
+
+def _with_null(model: Transformer, cond: torch.Tensor | Caption) -> torch.Tensor | Caption:
+    """The B conditional rows, then B unconditional ones (the null class, or the null caption)."""
+    null = model.cls_embedding.null_like(cond)
+    return Caption.cat([cond, null]) if isinstance(cond, Caption) else torch.cat([cond, null])
+
+
+def _cache_for(model: Transformer, rows: torch.Tensor | Caption, max_len: int, device: torch.device,
+               zeroed: bool) -> KVCache:
+    """The KV cache of the R rows; for captions it also masks their padding keys at every step."""
+    cache = KVCache.for_model(model, _batch(rows)[0], max_len, device=device, zeroed=zeroed)
+    if isinstance(rows, Caption):
+        cache.mask_caption(rows.mask)
+    return cache
 
 
 def _guided(logits: torch.Tensor, batch: int, cfg_scale: float) -> torch.Tensor:
@@ -89,27 +126,28 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
              cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              sample_logits: bool = True, *, generator: Optional[torch.Generator] = None,
              logits_hook: Optional[LogitsHook] = None, cuda_graph: Optional[bool] = None) -> torch.Tensor:
-    """cond (B,) class indices -> (B, max_new_tokens) int64 image tokens in raster order.
+    """cond (B,) class indices, or a left-padded ``Caption`` for a text-to-image GPT -> (B, max_new_tokens) int64
+    image tokens in raster order.
 
     ``logits_hook(step, logits)`` sees the last-position (guided) logits handed to the sampler at every step.
     ``cuda_graph`` (default: on for CUDA) replays the decode step as a CUDA graph (``GraphedDecodeStep``); it is
     not used when ``cfg_interval`` changes the number of rows mid-way.
     """
     _check_inputs(model, cond, max_new_tokens, cfg_scale)
-    B, device = cond.shape[0], cond.device
+    B, device = _batch(cond)
     use_cfg = cfg_scale > 1.0
-    rows = torch.cat([cond, torch.full_like(cond, model.num_classes)]) if use_cfg else cond   # (R,), R = B or 2B
+    rows = _with_null(model, cond) if use_cfg else cond                        # R = B or 2B rows
     T = model.cls_token_num
     switches = use_cfg and -1 < cfg_interval < max_new_tokens - 2
     use_graph = max_new_tokens > 1 and _use_graph(cuda_graph, torch.device(device), switches)
     # the eager steps read only the filled prefix, so their cache needs no zeroing; the graph attends it all
-    cache = KVCache.for_model(model, rows.shape[0], T + max_new_tokens, device=device, zeroed=use_graph)
+    cache = _cache_for(model, rows, T + max_new_tokens, device, zeroed=use_graph)
     seq = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, sample_logits=sample_logits,
                     generator=generator)
 
-    # prefill: the class token(s) at positions [0, T)
-    cond_emb = model.cls_embedding.embedding_table(rows).unsqueeze(1)          # (R, 1, dim)
+    # prefill: the class token or the caption tokens at positions [0, T)
+    cond_emb = model.cls_embedding.embed(rows)                                 # (R, T, dim)
     logits = model.forward_cached(cond_emb, torch.arange(T, device=device), cache, kv_len=T)[:, -1]   # (R, V)
     logits = _guided(logits, B, cfg_scale)
     if logits_hook is not None:
@@ -118,7 +156,7 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
     seq[:, 0] = token
 
     pos = torch.tensor([T], device=device)
-    graphed = GraphedDecodeStep(model, cache, rows.shape[0], T) if use_graph else None
+    graphed = GraphedDecodeStep(model, cache, cache.k.shape[1], T) if use_graph else None
     for i in range(max_new_tokens - 1):
         if graphed is not None:
             x = token[:, None]
@@ -152,12 +190,12 @@ def generate_uncached(model: Transformer, cond: torch.Tensor, max_new_tokens: in
     """Same contract as ``generate`` but recomputes the whole prefix with the teacher-forcing forward each step
     (a slow reference for tests and benchmarks)."""
     _check_inputs(model, cond, max_new_tokens, cfg_scale)
-    B, device = cond.shape[0], cond.device
+    B, device = _batch(cond)
     use_cfg = cfg_scale > 1.0
     seq = torch.empty(B, 0, dtype=torch.long, device=device)
     for i in range(max_new_tokens):
         guiding = use_cfg and not (cfg_interval > -1 and i - 1 > cfg_interval)
-        rows = torch.cat([cond, torch.full_like(cond, model.num_classes)]) if guiding else cond
+        rows = _with_null(model, cond) if guiding else cond
         prefix = torch.cat([seq, seq]) if guiding else seq                      # (R, i)
         logits = _guided(model(prefix, rows)[0][:, -1], B, cfg_scale)           # (B, V)
         if logits_hook is not None:

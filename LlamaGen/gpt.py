@@ -1,9 +1,10 @@
-"""LlamaGen's class-conditional GPT: Llama blocks (RMSNorm, SwiGLU, 2-D RoPE) over VQ image tokens.
+"""LlamaGen's GPT: Llama blocks (RMSNorm, SwiGLU, 2-D RoPE) over VQ image tokens, after T condition tokens.
 
-Parameter names and shapes follow the released c2i_*.pt checkpoints (../shared/checkpoint_layouts/llamagen_c2i_*).
-Two explicit paths, whatever the train/eval mode (the mode only switches dropout):
+``model_type='c2i'``: one class token (released c2i_*.pt, ../shared/checkpoint_layouts/llamagen_c2i_*).
+``model_type='t2i'``: T = ``cls_token_num`` caption tokens from a ``Caption`` (LlamaGen/captions.py; released
+t2i_XL_stage*.pt, llamagen_t2i_*). Two explicit paths, whatever the train/eval mode (the mode only switches dropout):
 
-* ``forward(idx, cond_idx, targets)`` - teacher forcing: class token + ``idx`` -> (logits (B, L, V), loss).
+* ``forward(idx, cond_idx, targets)`` - teacher forcing: condition tokens + ``idx`` -> (logits (B, L, V), loss).
 * ``forward_cached(x, input_pos, cache)`` - incremental decoding against a ``KVCache`` that lives outside the
   module, so generating never changes ``state_dict()`` (see LlamaGen/generate.py).
 """
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cca.checkpoint import dataclass_from_dict
+from LlamaGen.captions import Caption, CaptionEmbedder, attention_mask, caption_attention_mask
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -40,11 +42,11 @@ class ModelArgs:
     ffn_dropout_p: float = 0.1
     drop_path_rate: float = 0.0
     num_classes: int = 1000
-    caption_dim: int = 2048           # text-to-image only; kept so the original's ModelArgs dicts load
-    class_dropout_prob: float = 0.1   # label dropout in training mode (needs the null row)
-    model_type: str = "c2i"
+    caption_dim: int = 2048           # text-to-image: width of the caption features (FLAN-T5-XL)
+    class_dropout_prob: float = 0.1   # label / caption dropout in training mode (c2i: needs the null row)
+    model_type: str = "c2i"           # 'c2i' (class token) or 't2i' (caption tokens)
     vocab_size: int = 16384
-    cls_token_num: int = 1
+    cls_token_num: int = 1            # condition tokens: 1 for c2i, caption length (120 released) for t2i
     block_size: int = 256             # image tokens per sample (grid ** 2)
     max_batch_size: int = 32          # unused (caches are sized per call); kept for compatibility
     max_seq_len: int = 2048           # unused; kept for compatibility
@@ -79,6 +81,7 @@ class KVCache:
         make = torch.zeros if zeroed else torch.empty   # unzeroed: only for callers that never read past kv_len
         self.k = make(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
         self.v = make(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
+        self.key_mask: Optional[torch.Tensor] = None       # (B, S_max) bool: keys that may be attended (captions)
 
     @classmethod
     def for_model(cls, model: "Transformer", batch: int, max_len: int, dtype=None, device=None,
@@ -92,10 +95,17 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    def mask_caption(self, caption_mask: torch.Tensor) -> None:
+        """Caption padding (B, T) bool: keys at its False positions are never attended (image keys always are)."""
+        B, T = caption_mask.shape
+        self.key_mask = torch.ones(B, self.max_len, dtype=torch.bool, device=self.k.device)
+        self.key_mask[:, :T] = caption_mask
+
     def first_rows(self, n: int) -> "KVCache":
         """A view on rows [0, n) sharing storage (used when guidance stops after ``cfg_interval``)."""
         view = KVCache.__new__(KVCache)
         view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view.key_mask = None if self.key_mask is None else self.key_mask[:n]
         return view
 
 
@@ -127,7 +137,8 @@ class FeedForward(nn.Module):
 def precompute_freqs_cis_2d(grid_size: int, head_dim: int, base: float = 10000, cls_token_num: int = 1
                             ) -> torch.Tensor:
     """(cls_token_num + grid**2, head_dim // 2, 2) cos/sin table: half the pairs rotate with the row index, half
-    with the column index; the class-token rows are all zero (the original's convention)."""
+    with the column index; the condition-token rows are all ZERO (the original's convention: rotated queries and
+    keys of class / caption positions are exactly 0, not unrotated)."""
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
     quarter = head_dim // 4
@@ -177,17 +188,17 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                input_pos: Optional[torch.Tensor] = None, kv_len: Optional[int] = None) -> torch.Tensor:
+                input_pos: Optional[torch.Tensor] = None, kv_len: Optional[int] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """With a cache: ``kv_len`` (the filled length after this write, a Python int) attends over that prefix
         only, unmasked for one new token; without it every cache position is attended under a mask (the static
-        shapes a CUDA graph needs)."""
+        shapes a CUDA graph needs). ``mask`` (B, 1, S, keys) bool, when given, replaces the causal masking."""
         B, S, _ = x.shape
         kv_size = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
         q = apply_rotary_emb(q.view(B, S, self.n_head, self.head_dim), freqs).transpose(1, 2)     # (B, H, S, D)
         k = apply_rotary_emb(k.view(B, S, self.n_kv_head, self.head_dim), freqs).transpose(1, 2)  # (B, Hkv, S, D)
         v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)                          # (B, Hkv, S, D)
-        mask = None
         if kv is not None:   # write this step into the static cache, attend over every filled position
             k_cache, v_cache = kv                                                # (B, Hkv, S_max, D)
             if kv_len is None:       # positions as a tensor: the step a CUDA graph replays has no Python ints
@@ -199,7 +210,7 @@ class Attention(nn.Module):
                 v_cache[:, :, kv_len - S:kv_len].copy_(v)
                 n = kv_len
             k, v = k_cache[:, :, :n], v_cache[:, :, :n]                          # (B, Hkv, n, D)
-            if kv_len is None or (S > 1 and S != kv_len):   # whole cache, or a chunk after earlier positions
+            if mask is None and (kv_len is None or (S > 1 and S != kv_len)):   # whole cache, or a later chunk
                 mask = torch.arange(n, device=x.device)[None, :] <= input_pos[:, None]   # (S, n) bool
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)        # (B, H, S_k, D)
@@ -234,8 +245,9 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv=None, input_pos=None, kv_len=None) -> torch.Tensor:
-        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, kv, input_pos, kv_len))
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv=None, input_pos=None, kv_len=None,
+                mask=None) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, kv, input_pos, kv_len, mask))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))          # (B, S, dim)
 
 
@@ -249,27 +261,43 @@ class LabelEmbedder(nn.Module):
         self.embedding_table = nn.Embedding(num_classes + int(null_row), hidden_size)
         self.num_classes, self.dropout_prob, self.has_null_row = num_classes, dropout_prob, null_row
 
+    def null_like(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(labels, self.num_classes)                         # (B,) the null class
+
+    def embed(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(labels).unsqueeze(1)                         # (B, 1, dim), no dropout
+
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         if self.training and self.dropout_prob > 0:
             drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-        return self.embedding_table(labels).unsqueeze(1)                         # (B, 1, dim)
+            labels = torch.where(drop, self.null_like(labels), labels)
+        return self.embed(labels)
+
+
+def condition_embedder(config: ModelArgs) -> LabelEmbedder | CaptionEmbedder:
+    """The class table (c2i, one token) or the caption projection (t2i, ``cls_token_num`` tokens)."""
+    if config.model_type == "c2i":
+        if config.cls_token_num != 1:
+            raise ValueError(f"class-conditional models use one class token, got cls_token_num={config.cls_token_num}")
+        return LabelEmbedder(config.num_classes, config.dim, config.class_dropout_prob, config.null_class_row)
+    if config.model_type == "t2i":
+        if config.cls_token_num < 1:
+            raise ValueError(f"text-to-image models need cls_token_num >= 1, got {config.cls_token_num}")
+        # the original always made 120 null-caption rows (it crashed for any other caption length); T rows here
+        return CaptionEmbedder(config.caption_dim, config.dim, config.class_dropout_prob, config.cls_token_num)
+    raise ValueError(f"model_type must be 'c2i' or 't2i', got {config.model_type!r}")
 
 
 class Transformer(nn.Module):
     def __init__(self, config: ModelArgs):
         super().__init__()
-        if config.model_type != "c2i":
-            raise ValueError(f"only model_type 'c2i' is supported, got {config.model_type!r}")
-        if config.cls_token_num != 1:
-            raise ValueError(f"class-conditional models use one class token, got cls_token_num={config.cls_token_num}")
         if config.grid_size ** 2 != config.block_size:
             raise ValueError(f"block_size {config.block_size} is not a square number of tokens")
         self.config = config
         self.vocab_size, self.n_layer, self.block_size = config.vocab_size, config.n_layer, config.block_size
-        self.num_classes, self.model_type, self.cls_token_num = config.num_classes, config.model_type, 1
-        self.cls_embedding = LabelEmbedder(config.num_classes, config.dim, config.class_dropout_prob,
-                                           config.null_class_row)
+        self.num_classes, self.model_type, self.cls_token_num = config.num_classes, config.model_type, \
+            config.cls_token_num
+        self.cls_embedding = condition_embedder(config)
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.tok_dropout = nn.Dropout(config.token_dropout_p)
         n = config.n_layer
@@ -278,7 +306,8 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         # a plain attribute (not a buffer): never saved, never cast to half precision, moved lazily
-        self.freqs_cis = precompute_freqs_cis_2d(config.grid_size, config.head_dim, config.rope_base, 1)
+        self.freqs_cis = precompute_freqs_cis_2d(config.grid_size, config.head_dim, config.rope_base,
+                                                 config.cls_token_num)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -300,21 +329,24 @@ class Transformer(nn.Module):
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         return self.output(self.norm(h)).float()                                 # (B, S, V) float32
 
-    def forward(self, idx: torch.Tensor, cond_idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
+    def forward(self, idx: torch.Tensor, cond_idx: torch.Tensor | Caption, targets: Optional[torch.Tensor] = None,
                 valid: Optional[torch.Tensor] = None):
-        """Teacher forcing. idx (B, L) image tokens (usually block_size - 1), cond_idx (B,) classes ->
-        (logits (B, L + 1, V) float32 where position i predicts token i, mean cross-entropy vs targets or None)."""
+        """Teacher forcing. idx (B, L) image tokens (usually block_size - 1), cond_idx (B,) classes (c2i) or a
+        left-padded ``Caption`` (t2i) -> (logits (B, L + 1, V) float32 where position i predicts token i, i.e. the
+        outputs from the last condition token on; mean cross-entropy vs targets, weighted by ``valid`` (B,) 0/1)."""
         if idx.shape[1] > self.block_size:
             raise ValueError(f"idx has {idx.shape[1]} tokens, more than block_size {self.block_size}")
-        cond = self.cls_embedding(cond_idx)                                      # (B, 1, dim)
-        h = self.tok_dropout(torch.cat([cond, self.tok_embeddings(idx)], dim=1))  # (B, 1 + L, dim)
+        T = self.cls_token_num
+        cond = self.cls_embedding(cond_idx)                                      # (B, T, dim)
+        h = self.tok_dropout(torch.cat([cond, self.tok_embeddings(idx)], dim=1))  # (B, T + L, dim)
         freqs = self.rope(slice(0, h.shape[1]), h.device)
+        mask = caption_attention_mask(cond_idx.mask, idx.shape[1]) if isinstance(cond_idx, Caption) else None
         for layer in self.layers:
-            h = layer(h, freqs)
-        logits = self._head(h)                                                   # (B, 1 + L, V)
+            h = layer(h, freqs, mask=mask)
+        logits = self._head(h[:, T - 1:])                                        # (B, 1 + L, V)
         loss = None
         if targets is not None:
-            ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                  reduction="none" if valid is not None else "mean")
             if valid is not None:   # per-sample 0/1 weights
                 weights = valid[:, None].expand_as(targets).reshape(-1).to(ce.dtype)
@@ -328,11 +360,16 @@ class Transformer(nn.Module):
         """x (B, S, dim) embeddings at positions ``input_pos`` (S,) -> logits (B, S, V); updates ``cache``.
         ``kv_len`` = input_pos[-1] + 1 as a Python int (``input_pos`` then the S consecutive positions before it)
         lets attention read only the filled prefix (eager decoding);
-        None attends the whole cache under a mask (static shapes, for CUDA graphs; needs a zeroed cache)."""
+        None attends the whole cache under a mask (static shapes, for CUDA graphs; needs a zeroed cache).
+        A cache with a ``key_mask`` (``KVCache.mask_caption``) masks caption padding at every step."""
         h = self.tok_dropout(x)
         freqs = self.rope(input_pos, h.device)
+        mask = None
+        if cache.key_mask is not None:
+            keys = cache.max_len if kv_len is None else kv_len
+            mask = attention_mask(cache.key_mask[:, :keys], input_pos)          # (B, 1, S, keys)
         for i, layer in enumerate(self.layers):
-            h = layer(h, freqs, (cache.k[i], cache.v[i]), input_pos, kv_len)
+            h = layer(h, freqs, (cache.k[i], cache.v[i]), input_pos, kv_len, mask)
         return self._head(h)
 
 

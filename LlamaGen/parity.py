@@ -1,4 +1,5 @@
-"""Recompute the LlamaGen parity fixtures (../shared/fixtures/llamagen_vq, llamagen_gpt) with this package.
+"""Recompute the LlamaGen parity fixtures (../shared/fixtures/llamagen_vq, llamagen_gpt,
+../shared/fixtures_t2i/llamagen_t2i_gpt) with this package.
 
 ``PARITY[kind](fixture_dir, config) -> {name: tensor}`` for every tensor of the fixture's expected.safetensors.
 Sizes and settings come from the fixture's config.json and weights, never from the shipped folders' names, so
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from cca.checkpoint import load_strict
+from LlamaGen.captions import Caption, caption_attention_mask
 from LlamaGen.generate import generate
 from LlamaGen.gpt import ModelArgs, Transformer
 from LlamaGen.vq_model import VQModel, VQModelArgs
@@ -55,16 +57,34 @@ def llamagen_vq(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
 
 
 def gpt_from_fixture(fixture_dir: Path, config: dict) -> Transformer:
-    """Build the fixture's GPT (null class row iff its weights have it) and load the weights strictly."""
+    """Build the fixture's GPT (c2i: null class row iff its weights have it) and load the weights strictly."""
     weights = load_file(str(Path(fixture_dir) / "weights.safetensors"))
     args = dict(config["constructor_args"]["ModelArgs"])
-    rows = weights["cls_embedding.embedding_table.weight"].shape[0]
-    args["null_class_row"] = rows > args["num_classes"]
-    if not args["null_class_row"]:
-        args["class_dropout_prob"] = 0.0
+    if args.get("model_type", "c2i") == "c2i":
+        rows = weights["cls_embedding.embedding_table.weight"].shape[0]
+        args["null_class_row"] = rows > args["num_classes"]
+        if not args["null_class_row"]:
+            args["class_dropout_prob"] = 0.0
     model = Transformer(ModelArgs.from_dict(args))
     load_strict(model, weights, source=str(fixture_dir))
     return model.eval()   # eval only disables dropout; both paths are the same in either mode
+
+
+def generation_outputs(model: Transformer, cond: torch.Tensor | Caption, gen: dict) -> dict[str, torch.Tensor]:
+    """Greedy (or seeded) generation at every cfg scale of ``config.calls.generation``, through ``generate``:
+    the tokens and the logits handed to the sampler at each step, per cfg tag."""
+    out: dict[str, torch.Tensor] = {}
+    for cfg in gen["cfg_scale"]:
+        steps: list[torch.Tensor] = []
+        tokens_out = generate(model, cond, int(gen["max_new_tokens"]), cfg_scale=float(cfg),
+                              cfg_interval=int(gen.get("cfg_interval", -1)),
+                              temperature=float(gen.get("temperature", 1.0)), top_k=int(gen.get("top_k", 0)),
+                              top_p=float(gen.get("top_p", 1.0)), sample_logits=bool(gen.get("sample_logits", True)),
+                              logits_hook=lambda step, lg, steps=steps: steps.append(lg.float().clone()))
+        tag = cfg_tag(float(cfg))
+        out[f"generated_tokens_{tag}"] = tokens_out.long()
+        out[f"generation_step_logits_{tag}"] = torch.stack(steps, dim=1)       # (B, steps, V)
+    return out
 
 
 def llamagen_gpt(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -72,25 +92,34 @@ def llamagen_gpt(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
     model = gpt_from_fixture(fixture_dir, config)
     inputs = load_file(str(fixture_dir / "inputs.safetensors"))
     tokens, labels = inputs["tokens"], inputs["labels"]                        # (B, L), (B,)
-    out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         logits, loss = model(tokens[:, :-1], labels, targets=tokens)           # (B, L, V), ()
-        out["teacher_forced_logits"] = logits
-        out["teacher_forced_ce_loss"] = loss.reshape(1)
-        gen = config["calls"]["generation"]
-        cond = inputs["generation_labels"]                                      # (B,)
-        for cfg in gen["cfg_scale"]:
-            steps: list[torch.Tensor] = []
-            tokens_out = generate(model, cond, int(gen["max_new_tokens"]), cfg_scale=float(cfg),
-                                  cfg_interval=int(gen.get("cfg_interval", -1)),
-                                  temperature=float(gen.get("temperature", 1.0)), top_k=int(gen.get("top_k", 0)),
-                                  top_p=float(gen.get("top_p", 1.0)),
-                                  sample_logits=bool(gen.get("sample_logits", True)),
-                                  logits_hook=lambda step, lg, steps=steps: steps.append(lg.float().clone()))
-            tag = cfg_tag(float(cfg))
-            out[f"generated_tokens_{tag}"] = tokens_out.long()
-            out[f"generation_step_logits_{tag}"] = torch.stack(steps, dim=1)   # (B, steps, V)
+        out = {"teacher_forced_logits": logits, "teacher_forced_ce_loss": loss.reshape(1)}
+        out.update(generation_outputs(model, inputs["generation_labels"], config["calls"]["generation"]))
     return out
 
 
-PARITY = {"llamagen_vq": llamagen_vq, "llamagen_gpt": llamagen_gpt}
+def llamagen_t2i_gpt(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
+    """Text-to-image GPT: teacher forcing on left-padded captions (with and without the recorded caption dropout,
+    i.e. rows replaced by the null caption under their own masks), then guided generation."""
+    fixture_dir = Path(fixture_dir)
+    model = gpt_from_fixture(fixture_dir, config)
+    inputs = load_file(str(fixture_dir / "inputs.safetensors"))
+    tokens, valid = inputs["tokens"], inputs["train_valid"]                    # (B, L), (B,)
+    captions = Caption(inputs["train_caption_embs"], inputs["train_emb_masks"])
+    recorded = inputs["train_attn_mask"]                                        # (B, 1, T + L, T + L)
+    if not torch.equal(caption_attention_mask(captions.mask, tokens.shape[1]), recorded):
+        raise ValueError(f"{fixture_dir}: train_attn_mask is not the mask its train_emb_masks imply")
+    dropped = captions.where(inputs["caption_drop_rows"], model.cls_embedding.null_like(captions))
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for suffix, cond in (("", captions), ("_caption_dropout", dropped)):
+            logits, loss = model(tokens[:, :-1], cond, targets=tokens, valid=valid)   # (B, L, V), ()
+            out[f"teacher_forced_logits{suffix}"] = logits
+            out[f"teacher_forced_ce_loss{suffix}"] = loss.reshape(1)
+        prompts = Caption(inputs["gen_caption_embs"], inputs["gen_emb_masks"])
+        out.update(generation_outputs(model, prompts, config["calls"]["generation"]))
+    return out
+
+
+PARITY = {"llamagen_vq": llamagen_vq, "llamagen_gpt": llamagen_gpt, "llamagen_t2i_gpt": llamagen_t2i_gpt}

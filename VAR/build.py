@@ -92,6 +92,18 @@ def var_shape_of(state_dict: dict[str, torch.Tensor]) -> dict[str, int] | None:
             "L": int(state_dict["pos_1LC"].shape[1]) if "pos_1LC" in state_dict else -1}
 
 
+def patch_nums_for(L: int) -> str:
+    """A --pn value with L tokens: 256 / 512 for the released layouts, else 1_2_..._n if the squares add up to L."""
+    for name in ("256", "512"):
+        if sum(p * p for p in parse_patch_nums(name)) == L:
+            return name
+    total, n = 0, 0
+    while total < L:
+        n += 1
+        total += n * n
+    return "_".join(map(str, range(1, n + 1))) if total == L else f"<patch sizes whose squares add up to {L}>"
+
+
 def var_hint(state_dict: dict[str, torch.Tensor], model: VAR | None = None) -> str | None:
     """What the checkpoint looks like and which flag would make the model fit it."""
     shape = var_shape_of(state_dict)
@@ -107,7 +119,7 @@ def var_hint(state_dict: dict[str, torch.Tensor], model: VAR | None = None) -> s
     if model is not None and shape["V"] != model.V:
         fixes.append(f"--vae_V {shape['V']}")
     if model is not None and shape["L"] not in (-1, model.L):
-        fixes.append(f"--pn for {shape['L']} tokens")
+        fixes.append(f"--pn {patch_nums_for(shape['L'])}")
     looks = (f"it looks like depth {shape['depth']} (width {shape['width']}, {shape['num_classes']} classes, "
              f"vocab {shape['V']}, {shape['L']} tokens)")
     return looks + (f"; pass {' '.join(fixes)}" if fixes else "")

@@ -1,10 +1,12 @@
 """The one checkpoint module: safe loading, container unwrapping, strict loading with diagnostics, atomic saves.
 
 Loading never unpickles arbitrary objects: ``.pth`` / ``.pt`` go through ``torch.load(weights_only=True)`` and
-``.safetensors`` through safetensors.
+``.safetensors`` through safetensors. The one class allowed beyond torch's own list is ``argparse.Namespace``
+(plain data: the ``args`` entry of upstream LlamaGen's training checkpoints).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import glob
 import os
@@ -22,7 +24,7 @@ class CheckpointError(ValueError):
     """A checkpoint could not be used; the message is one line naming the file and what was expected."""
 
 
-_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state_dict")
+_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state_dict", "trainer")   # trainer: CCA's VAR_finetune
 _PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -60,23 +62,10 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """A local path as is; ``hf://OWNER/REPO/FILE`` through huggingface_hub's cache (downloading only when online).
-
-    Offline or on any hub error: one CheckpointError line naming the address and the local alternative.
-    """
-    text = str(path)
-    if not text.startswith("hf://"):
-        return Path(path)
-    parts = text[len("hf://"):].split("/")
-    if len(parts) < 3:
-        raise CheckpointError(f"{text}: expected hf://OWNER/REPO/PATH/IN/REPO")
-    try:
-        from huggingface_hub import hf_hub_download
-        return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{text}: could not fetch from the Hugging Face hub ({type(e).__name__}: "
-                              f"{first[:160]}); download the file and pass its local path instead") from None
+    """A local path as is; a release name (``python -m cca.hub list``) or ``hf://OWNER/REPO/FILE`` through
+    huggingface_hub's cache (downloading only when online); offline, one CheckpointError line (see cca.hub)."""
+    from cca import hub
+    return hub.resolve(path)
 
 
 def load_file_raw(path: str | os.PathLike) -> Any:
@@ -93,12 +82,13 @@ def load_file_raw(path: str | os.PathLike) -> Any:
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except pickle.UnpicklingError as e:
         reason = _unpickler_reason(str(e))
         with open(path, "rb") as f:
@@ -186,6 +176,11 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Text written to a temp file beside ``path``, fsync, rename (readers never see half a file)."""
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -213,9 +208,17 @@ def check_free_space(path: str | os.PathLike, need_bytes: int, what: str) -> Non
 
 
 def require_checkpoint(path: str | os.PathLike, flag: str) -> None:
-    """Up-front check of a checkpoint flag: a local file or an ``hf://`` address, else a one-line SystemExit."""
-    if not str(path).startswith("hf://") and not Path(path).is_file():
-        raise SystemExit(f"{flag} {path}: not found (expected a checkpoint file or hf://OWNER/REPO/FILE)")
+    """Up-front check of a checkpoint flag: a local file, or a release name / ``hf://`` address that resolves
+    (from the hub cache, or downloaded when online), else a one-line SystemExit."""
+    from cca import hub
+    if hub.is_remote(path):
+        try:
+            hub.resolve(path)
+        except CheckpointError as e:
+            raise SystemExit(f"{flag} {e}") from None
+    elif not Path(path).is_file():
+        raise SystemExit(f"{flag} {path}: not found (expected a checkpoint file, a release name such as var_d16 "
+                         f"(python -m cca.hub list) or hf://OWNER/REPO/FILE)")
 
 
 def dataclass_from_dict(cls, d: dict):

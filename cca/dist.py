@@ -120,6 +120,18 @@ def broadcast_object(obj):
     return box[0]
 
 
+def set_tf32(enabled: bool) -> None:
+    """TensorFloat-32 for float32 CUDA matmuls and convolutions (the original scripts turn it on at start-up;
+    torch's default leaves matmuls in full float32). No effect on the CPU."""
+    mode = "tf32" if enabled else "ieee"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):      # torch >= 2.9: the legacy flags are deprecated
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
 def cleanup() -> None:
     global _STATE
     if _active():

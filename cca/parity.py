@@ -21,7 +21,9 @@ from cca.conditions import make_conditions
 from cca.loss import compute_loss, sequence_logprob
 
 _FAMILY_OF_KIND = {"var_vqvae": "VAR.parity", "var_transformer": "VAR.parity",
-                   "llamagen_vq": "LlamaGen.parity", "llamagen_gpt": "LlamaGen.parity"}
+                   "llamagen_vq": "LlamaGen.parity", "llamagen_gpt": "LlamaGen.parity",
+                   "llamagen_t2i_gpt": "LlamaGen.parity",
+                   "cca_step_var": "VAR.step_parity", "cca_step_llamagen": "LlamaGen.step_parity"}
 
 
 def cca_loss_fixture(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -52,6 +54,65 @@ def cca_loss_fixture(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]
                                            neg_is_positive=cond.neg_is_positive)
                     out[f"loss_{fam}_{loss_type}_{branch}_h{h['index']}"] = loss.reshape(1)
     return out
+
+
+class StepRecorder:
+    """The trainer hooks (cca.trainer.Hooks) a training-step fixture needs: the recorded null-class draws fed in
+    order, and per micro-step / optimizer step what the fixture expects, collected under its tensor names."""
+
+    def __init__(self, uniform_draws: torch.Tensor | None):
+        self.draws = None if uniform_draws is None else uniform_draws.reshape(-1).float()
+        self.used, self.trainer = 0, None
+        self.micro: list[dict] = []
+        self.out: dict[str, list] = {"grad_norm_pre_clip": [], "lr_per_step": [], "weight_decay_per_step": [],
+                                     "global_iteration_of_step": []}
+
+    def hooks(self):
+        from cca.trainer import Hooks
+        return Hooks(uniforms=self.uniforms, micro_step=self.micro.append, step=self.step)
+
+    def uniforms(self, n: int) -> torch.Tensor:
+        if self.draws is None or self.used + n > self.draws.numel():
+            raise RuntimeError(f"the fixture recorded {0 if self.draws is None else self.draws.numel()} null-class "
+                               f"draws; the trainer asked for {self.used + n}")
+        self.used += n
+        return self.draws[self.used - n:self.used]
+
+    def step(self, step: int, metrics: dict) -> None:
+        self.out["grad_norm_pre_clip"].append(float(metrics["grad_norm"]))
+        self.out["lr_per_step"].append(metrics["lr"])
+        self.out["weight_decay_per_step"].append(metrics["weight_decay"])
+        self.out["global_iteration_of_step"].append(len(self.micro) - 1)
+        for name, p in self.trainer.policy.named_parameters():
+            self.out.setdefault(f"step{step}/{name}", p.detach().clone())
+            if self.trainer.ema is not None:
+                self.out.setdefault(f"ema_step{step}/{name}", self.trainer.ema[name].clone())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {k: v for k, v in self.out.items() if isinstance(v, torch.Tensor)}
+        out["grad_norm_pre_clip"] = torch.tensor(self.out["grad_norm_pre_clip"], dtype=torch.float32)
+        for k in ("lr_per_step", "weight_decay_per_step"):
+            out[k] = torch.tensor(self.out[k], dtype=torch.float64)
+        out["global_iteration_of_step"] = torch.tensor(self.out["global_iteration_of_step"], dtype=torch.int64)
+        out["loss_per_microstep"] = torch.stack([m["loss"].float() for m in self.micro])
+        out["labels_to_model"] = torch.stack([m["labels"].long().cpu() for m in self.micro])
+        out["logp_gap_pos"] = torch.stack([m["delta_pos"].float() for m in self.micro])
+        out["logp_gap_neg"] = torch.stack([m["delta_neg"].float() for m in self.micro])
+        return out
+
+
+def run_recorded_steps(make_trainer, dataset, uniform_draws: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Train on ``dataset`` in its order with ``make_trainer(hooks, out_dir)`` (a Trainer built the way a CLI
+    builds it) in a scratch folder; returns the recorded tensors (see StepRecorder)."""
+    import tempfile
+    recorder = StepRecorder(uniform_draws)
+    with tempfile.TemporaryDirectory() as tmp, torch.enable_grad():
+        trainer = make_trainer(recorder.hooks(), tmp)
+        trainer.cfg.shuffle = False          # the fixture's batches come in the order it recorded them,
+        trainer.cfg.num_workers = 0          # from memory
+        recorder.trainer = trainer
+        trainer.fit(dataset)
+    return recorder.tensors()
 
 
 def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:

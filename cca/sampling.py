@@ -1,6 +1,7 @@
 """Sampling helpers shared by both families: logit filtering, guidance, and a resumable multi-process npz writer."""
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -62,6 +63,12 @@ def balanced_labels(num_samples: int, num_classes: int, seed: int = 0) -> np.nda
     return np.random.default_rng(seed).permutation(labels)
 
 
+def random_labels(num_samples: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Class of every global sample index drawn independently and uniformly (the original LlamaGen sampler's
+    labels: a uniform draw per sample), seeded, independent of the world size."""
+    return np.random.default_rng(seed).integers(0, num_classes, num_samples, dtype=np.int64)
+
+
 class ShardedNpzWriter:
     """DiT-style multi-process sampling into one npz, resumable.
 
@@ -69,17 +76,24 @@ class ShardedNpzWriter:
     done (as found when the writer was made, on every rank before a barrier), in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
     first, then the index file, each written to a temp name and renamed), so a killed run loses at most the batch
     in flight and a rerun (with any world size) produces every index exactly once. ``finalize`` (rank 0, after a
-    barrier) writes ``<out>/<name>.npz`` with ``arr_0`` uint8 (N, H, W, 3) and ``arr_1`` int64 labels, shuffled by
-    a fixed permutation (ADM's Inception Score uses contiguous splits, so a class-sorted file scores wrong).
+    barrier) writes ``<out>/<name>.npz`` with ``arr_0`` uint8 (N, H, W, 3), ``arr_1`` int64 labels and, if given,
+    ``settings`` (their JSON text), in index order or shuffled by ``numpy.random.RandomState(shuffle_seed)``'s
+    permutation (the original VAR_sample.py's order; ADM's Inception Score uses contiguous splits, so a
+    class-sorted file scores wrong).
+
+    ``settings`` are what decides the samples (checkpoint, guidance, counts, seed, ...; not the batch size or the
+    number of processes, which may change between a killed run and its resumption). They are recorded with the
+    first batch and in the npz; a rerun with other settings is refused, never silently mixed or skipped.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str, labels: np.ndarray, *, rank: int = 0, world: int = 1,
-                 batch_size: int = 16, shuffle_seed: int = 0):
+                 batch_size: int = 16, shuffle_seed: int | None = 0, settings: dict | None = None):
         self.out_dir = Path(out_dir)
         self.name = name
         self.labels = np.asarray(labels, dtype=np.int64)
         self.rank, self.world, self.batch_size = rank, world, batch_size
         self.shuffle_seed = shuffle_seed
+        self.settings = json.dumps(settings or {}, sort_keys=True, default=str)
         self.parts = self.out_dir / f"{name}.parts"
         self.npz_path = self.out_dir / f"{name}.npz"
         self._check_labels()       # nothing is written before the first finished batch
@@ -96,6 +110,18 @@ class ShardedNpzWriter:
         if record.is_file() and not np.array_equal(np.load(record), self.labels):
             raise SystemExit(f"{self.parts} holds samples for another index -> class assignment (number of "
                              f"samples or classes changed); remove it or choose another sample folder")
+        settings = self.parts / "settings.json"
+        if settings.is_file():
+            _refuse_other_settings(settings.read_text(), self.settings, self.parts)
+
+    def finished(self) -> bool:
+        """True if the npz exists and was made with these settings; refuses (SystemExit) one made otherwise."""
+        if not self.npz_path.is_file():
+            return False
+        with np.load(self.npz_path) as npz:
+            recorded = str(npz["settings"]) if "settings" in npz.files else "{}"
+        _refuse_other_settings(recorded, self.settings, self.npz_path)
+        return True
 
     def _write_atomic(self, path: Path, arr: np.ndarray) -> None:
         tmp = path.with_name(f"{path.name}.r{self.rank}.tmp")
@@ -132,6 +158,9 @@ class ShardedNpzWriter:
         if not self._recorded:
             self.parts.mkdir(parents=True, exist_ok=True)
             self._write_atomic(self.parts / "labels.npy", self.labels)     # same content from every rank
+            tmp = self.parts / f"settings.json.r{self.rank}.tmp"
+            tmp.write_text(self.settings)
+            os.replace(tmp, self.parts / "settings.json")
             self._recorded = True
         stem = self.parts / f"r{self.rank}-{int(indices[0]):09d}-{len(indices)}"
         for suffix, arr in ((".img.npy", images), (".idx.npy", np.asarray(indices, dtype=np.int64))):
@@ -152,7 +181,8 @@ class ShardedNpzWriter:
         for c, (idx, _) in enumerate(chunks):
             for j, i in enumerate(idx):
                 pos_in_chunk[int(i)] = j
-        order = np.random.default_rng(self.shuffle_seed).permutation(self.num_samples)
+        order = np.arange(self.num_samples) if self.shuffle_seed is None else \
+            np.random.RandomState(self.shuffle_seed).permutation(self.num_samples)
         H, W = chunks[0][1].shape[1:3]
         tmp = self.npz_path.with_name(self.npz_path.name + ".tmp")
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -163,12 +193,38 @@ class ShardedNpzWriter:
                     f.write(np.ascontiguousarray(chunks[where[i]][1][pos_in_chunk[int(i)]]).tobytes())
             with zf.open("arr_1.npy", "w") as f:
                 np.save(f, self.labels[order])
+            if self.settings != "{}":
+                with zf.open("settings.npy", "w") as f:
+                    np.save(f, np.array(self.settings))
         os.replace(tmp, self.npz_path)
         return self.npz_path
 
 
-def to_uint8_nhwc(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
-    """(B, 3, H, W) float images in ``value_range`` -> (B, H, W, 3) uint8 (rounded, clamped)."""
+def _refuse_other_settings(recorded: str, wanted: str, where: Path) -> None:
+    """One line naming the settings that differ between a recorded run and this one."""
+    old, new = json.loads(recorded), json.loads(wanted)
+    diff = [f"{k}: {old.get(k, '(not recorded)')} -> {new.get(k, '(not set)')}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+    if diff:
+        raise SystemExit(f"{where} was sampled with other settings ({'; '.join(diff[:4])}); remove it or choose "
+                         f"another sample folder")
+
+
+def to_uint8_nhwc(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0), *,
+                  rounding: str = "nearest") -> np.ndarray:
+    """(B, 3, H, W) float images in ``value_range`` -> (B, H, W, 3) uint8, clamped.
+
+    ``nearest``: x·s + (0.5 - lo·s) with s = 255 / (hi - lo) in float32, then cut: the nearest level (half up);
+    for [-1, 1] this is exactly the original LlamaGen sampler's ``clamp(127.5 x + 128, 0, 255)``.
+    ``truncate``: x·s - lo·s in the images' own dtype (float16 under the sampler's autocast), then cut: the original
+    VAR_sample.py's ``x * 255`` cast to uint8, which makes every pixel on average half a level darker.
+    """
     lo, hi = value_range
-    x = ((images.float() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    scale = 255.0 / (hi - lo)
+    if rounding == "truncate":
+        x = images * scale - lo * scale
+    elif rounding == "nearest":
+        x = images.float() * scale + (0.5 - lo * scale)
+    else:
+        raise ValueError(f"rounding must be nearest or truncate, got {rounding!r}")
+    return x.clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -1,9 +1,10 @@
 """The one CCA training loop. It knows nothing of VAR or LlamaGen beyond the family adapter (docs/CONTRACTS.md).
 
 One optimizer step = one per-rank batch of B rows: conditions are built over all B rows (negatives = labels rolled
-by one), then the batch is cut into ``grad_accum`` micro-batches; each micro-step runs the policy on its positive
-and negative halves as one 2b batch with grad and the frozen reference under ``torch.inference_mode()``, and
-backpropagates loss / grad_accum (gradient sync only on the last micro-step).
+by one), then the batch is cut into ``grad_accum`` micro-batches; each micro-step runs the frozen reference under
+``torch.inference_mode()`` and the policy with grad on its positive and negative halves, and backpropagates the
+micro-batch loss divided by ``grad_accum`` (VAR's recipe) or undivided (LlamaGen's), with gradient sync only on
+the last micro-step. Then the summed gradient is clipped and the optimizer steps.
 """
 from __future__ import annotations
 
@@ -11,24 +12,23 @@ import contextlib
 import dataclasses
 import json
 import logging
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cca import dist as cdist
-from cca.checkpoint import (CheckpointError, check_free_space, check_writable_dir, load_file_raw, load_strict,
-                            save_atomic)
+from cca import train_state
+from cca.checkpoint import CheckpointError, check_free_space, check_writable_dir, load_file_raw, save_atomic
 from cca.conditions import make_conditions
 from cca.data import ResumableBatchSampler, SeededFetch
-from cca.loss import _canonical, compute_loss, is_separable, sequence_logprob
+from cca.loss import compute_loss, is_separable, sequence_logprob
 from cca.schedule import apply_lr_wd, build_adamw, lr_wd_at
+from cca.train_config import TORCH_FP16_SCALER, TrainConfig
 
 
 class Adapter(Protocol):
@@ -40,75 +40,19 @@ class Adapter(Protocol):
 
 
 @dataclass
-class TrainConfig:
-    out_dir: str
-    batch_size: int                      # per-rank batch (rows per optimizer step on this rank)
-    loss_type: str = "CCA"
-    beta: float = 0.02
-    lambda_: float = 1.0
-    uncond_ratio: float = 0.0
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    wd_end: float | None = None          # VAR --twde (only with schedule "var")
-    betas: tuple[float, float] = (0.9, 0.95)
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 0.0           # 0: no clipping
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None
-    schedule: str = "constant"           # constant | var
-    warmup_steps: float = 0.0
-    final_lr_ratio: float = 0.01         # VAR --wpe
-    precision: str = "fp32"              # fp32 | fp16 | bf16
-    log_every: int = 10
-    ckpt_every: int = 0                  # optimizer steps between resumable checkpoints; 0: only at the end
-    ema: float = 0.0                     # EMA decay; 0: off
-    ref_train_mode: bool = False         # run the reference with dropout (the original LlamaGen behaviour)
-    split_halves: bool = True            # CCA / unlearning: positive then negative half, each forward+backward
-    seed: int = 0
-    resume: str | None = None            # None, "auto" (out_dir/resume.pt if present) or a path
-    max_nonfinite: int = 20              # abort after this many consecutive skipped (non-finite) steps
-    num_workers: int = 0
-    find_unused_parameters: bool = False
-    parallel: str = "ddp"                # ddp | fsdp (policy already sharded by the caller) | none
-    no_decay_keys: tuple[str, ...] = ()  # parameter-name parts exempt from weight decay (>=1-D rule aside)
-    extra: dict = field(default_factory=dict)   # recorded in checkpoints (the CLI's flags)
-
-    def validate(self) -> None:
-        _canonical(self.loss_type)
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
-        if self.grad_accum < 1 or self.batch_size < 1 or self.batch_size % self.grad_accum:
-            raise ValueError(f"per-process batch {self.batch_size} must be a positive multiple of the gradient "
-                             f"accumulation steps {self.grad_accum}")
-        if not 0.0 <= self.uncond_ratio < 1.0:
-            raise ValueError(f"uncond_ratio must be in [0, 1), got {self.uncond_ratio}")
-
-
-def _rng_state() -> dict:
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                   "gauss": float(gauss)}      # tensors and numbers only: loadable with weights_only=True
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class Hooks:
+    """Optional seams of the loop: where the null-class draws come from, and observers of every step."""
+    uniforms: Callable[[int], torch.Tensor] | None = None   # n -> (n,) values in [0, 1); default: the seeded generator
+    micro_step: Callable[[dict], None] | None = None        # {loss, labels (2b,), delta_pos (b,), delta_neg (b,)}
+    step: Callable[[int, dict], None] | None = None         # (step, metrics + lr + weight_decay) after each step
 
 
 class Trainer:
     def __init__(self, policy: nn.Module, reference: nn.Module, adapter: Adapter, cfg: TrainConfig, *,
-                 dist: cdist.Dist | None = None, export: Callable[[dict, int, bool], None] | None = None):
+                 dist: cdist.Dist | None = None, export: Callable[[dict, int, bool], None] | None = None,
+                 hooks: Hooks | None = None):
         cfg.validate()
-        self.cfg, self.adapter, self.export = cfg, adapter, export
+        self.cfg, self.adapter, self.export, self.hooks = cfg, adapter, export, hooks or Hooks()
         self.dist = dist or cdist.init()
         self.device = self.dist.device
         self.out_dir = check_writable_dir(cfg.out_dir, "--out_dir") if self.dist.is_main else Path(cfg.out_dir)
@@ -122,9 +66,11 @@ class Trainer:
         if self.dist.is_main:   # a full disk must stop the run now, not at its first checkpoint
             check_free_space(self.out_dir, self._checkpoint_bytes(), "one checkpoint (resume.pt and the weights)")
         self.optimizer = build_adamw(policy, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                     eps=cfg.adam_eps, no_decay_keys=tuple(cfg.no_decay_keys))
+                                     eps=cfg.adam_eps, fused=cfg.fused_adamw, no_decay_keys=tuple(cfg.no_decay_keys))
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        init_scale, growth_interval, self.max_scale = cfg.fp16_scaler or TORCH_FP16_SCALER
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=init_scale, growth_interval=growth_interval,
+                                           enabled=cfg.precision == "fp16" and cfg.fp16_scaler is not None)
         self.cond_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.dist.rank)
         self.ema = ({k: v.detach().float().clone() for k, v in policy.state_dict().items()
                      if v.is_floating_point()} if cfg.ema > 0 and cfg.parallel != "fsdp" else None)
@@ -161,10 +107,10 @@ class Trainer:
             logits = self.adapter.logits(self.model, labels, inputs)                 # (n, L, V)
         return sequence_logprob(logits, targets)                                      # (n,)
 
-    def _micro_step(self, cond, inputs: torch.Tensor, targets: torch.Tensor, accum: int,
+    def _micro_step(self, cond, inputs: torch.Tensor, targets: torch.Tensor, scale: float,
                     last: bool) -> tuple[torch.Tensor, dict]:
-        """Forward and backward of one micro-batch of b images (2b rows: matched and mismatched labels); returns
-        the loss (before the 1/accum scaling) and its metrics."""
+        """Forward and backward (of loss x ``scale``) of one micro-batch of b images (2b rows: matched and
+        mismatched labels); returns the unscaled loss and its metrics."""
         b = targets.shape[0]
         labels2 = torch.cat([cond.pos, cond.neg]).to(self.device)                   # (2b,)
         inputs2 = torch.cat([inputs, inputs])                                        # (2b, ...)
@@ -185,21 +131,47 @@ class Trainer:
         if not (self.cfg.split_halves and is_separable(self.cfg.loss_type)):
             with self._sync(last):
                 logp = self._policy_logp(labels2, inputs2, targets2)                  # (2b,)
-                loss, metrics = loss_of(logp[:b], logp[b:])
-                self.scaler.scale(loss / accum).backward()
-            return loss, metrics
-        # the loss is a positive-row term plus a negative-row term: the halves run forward and backward one after
-        # the other (same FLOPs, activations of b rows instead of 2b). In the first pass logp_neg is the
-        # reference's own (a constant), so only the positive term has a gradient; in the second the positive
-        # log-probs are detached and the full loss value comes out for the metrics.
-        with self._sync(False):
-            logp_pos = self._policy_logp(labels2[:b], inputs, targets)                # (b,)
-            self.scaler.scale(loss_of(logp_pos, ref_logp[b:])[0] / accum).backward()
-        with self._sync(last):
-            logp_neg = self._policy_logp(labels2[b:], inputs, targets)                # (b,)
-            loss, metrics = loss_of(logp_pos.detach(), logp_neg)
-            self.scaler.scale(loss / accum).backward()
+                logp_pos, logp_neg = logp[:b], logp[b:]
+                loss, metrics = loss_of(logp_pos, logp_neg)
+                self.scaler.scale(loss * scale).backward()
+        else:
+            # the loss is a positive-row term plus a negative-row term: the halves run forward and backward one
+            # after the other (same FLOPs, activations of b rows instead of 2b). In the first pass logp_neg is the
+            # reference's own (a constant), so only the positive term has a gradient; in the second the positive
+            # log-probs are detached and the full loss value comes out for the metrics.
+            with self._sync(False):
+                logp_pos = self._policy_logp(labels2[:b], inputs, targets)            # (b,)
+                self.scaler.scale(loss_of(logp_pos, ref_logp[b:])[0] * scale).backward()
+            with self._sync(last):
+                logp_neg = self._policy_logp(labels2[b:], inputs, targets)            # (b,)
+                loss, metrics = loss_of(logp_pos.detach(), logp_neg)
+                self.scaler.scale(loss * scale).backward()
+        if self.hooks.micro_step is not None:
+            self.hooks.micro_step({"loss": loss.detach(), "labels": labels2,
+                                   "delta_pos": logp_pos.detach().float() - ref_logp[:b].float(),
+                                   "delta_neg": logp_neg.detach().float() - ref_logp[b:].float()})
         return loss, metrics
+
+    def _conditions(self, labels: torch.Tensor) -> list:
+        """The Conditions of every micro-batch: labels rolled over the whole per-rank batch, or within each
+        micro-batch (``roll_per_micro_batch``, the originals); null-class draws one uniform per row."""
+        cfg, B = self.cfg, labels.shape[0]
+        if B % cfg.grad_accum:
+            raise ValueError(f"batch of {B} rows is not divisible by grad_accum {cfg.grad_accum}")
+        draws = None
+        if cfg.uncond_ratio > 0:
+            draws = (self.hooks.uniforms or (lambda n: torch.rand(n, generator=self.cond_gen)))(B)
+        mb = B // cfg.grad_accum
+        slices = [slice(j * mb, (j + 1) * mb) for j in range(cfg.grad_accum)]
+
+        def make(rows: slice):
+            return make_conditions(labels[rows].cpu(), self.adapter.num_classes, cfg.uncond_ratio,
+                                   uniform_draws=None if draws is None else draws[rows])
+
+        if cfg.roll_per_micro_batch:
+            return [make(rows) for rows in slices]
+        whole = make(slice(None))
+        return [whole.select(rows) for rows in slices]
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """One optimizer step on one per-rank batch; returns detached metric tensors (no host sync)."""
@@ -208,24 +180,21 @@ class Trainer:
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.adapter.num_classes):
             raise ValueError(f"labels must be in [0, {self.adapter.num_classes}), got "
                              f"[{int(labels.min())}, {int(labels.max())}]")
-        cond = make_conditions(labels.cpu(), self.adapter.num_classes, cfg.uncond_ratio, generator=self.cond_gen)
-        B = labels.shape[0]
-        if B % cfg.grad_accum:
-            raise ValueError(f"batch of {B} rows is not divisible by grad_accum {cfg.grad_accum}")
-        mb = B // cfg.grad_accum
+        conds = self._conditions(labels)
+        mb = labels.shape[0] // cfg.grad_accum
+        scale = 1.0 / cfg.grad_accum if cfg.grad_accum_reduction == "mean" else 1.0
         self.policy.train()
         self.reference.train(cfg.ref_train_mode)
         sums: dict[str, torch.Tensor] = {}
-        for j in range(cfg.grad_accum):
+        for j, cond in enumerate(conds):
             rows = slice(j * mb, (j + 1) * mb)
-            last = j == cfg.grad_accum - 1
-            loss, metrics = self._micro_step(cond.select(rows), inputs[rows], targets[rows], cfg.grad_accum, last)
+            loss, metrics = self._micro_step(cond, inputs[rows], targets[rows], scale, j == cfg.grad_accum - 1)
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 if k == "delta_neg_null":
                     continue
                 sums[k] = sums.get(k, 0) + v.float() / cfg.grad_accum
-        if cond.neg_is_positive is not None:   # same keys on every rank (all_reduce_dict)
-            sums["null_fraction"] = cond.null_rows.float().mean()
+        if cfg.uncond_ratio > 0:   # same keys on every rank (all_reduce_dict)
+            sums["null_fraction"] = torch.cat([c.null_rows for c in conds]).float().mean()
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
@@ -246,7 +215,7 @@ class Trainer:
                 raise SystemExit(f"aborting: {self.nonfinite_run} consecutive non-finite steps (loss or gradients "
                                  f"are NaN/Inf; try a lower --lr or bf16); the last good checkpoint in "
                                  f"{self.out_dir} is intact")
-        self.scaler.update()
+        self._update_scale()
         self.optimizer.zero_grad(set_to_none=True)
         if finite and self.ema is not None:
             with torch.no_grad():
@@ -255,26 +224,22 @@ class Trainer:
                         self.ema[k].lerp_(v.float(), 1 - cfg.ema)
         return sums
 
+    def _update_scale(self) -> None:
+        """The loss scale's usual growth / back-off, except that a scale above the cap is set back to the cap
+        (VAR's fp16 recipe: 2^11 at the start, x2 every 1000 finite steps, never kept above 2^15)."""
+        if self.scaler.is_enabled() and self.scaler.get_scale() > self.max_scale:
+            self.scaler.update(new_scale=self.max_scale)
+        else:
+            self.scaler.update()
+
     # ------------------------------------------------------------------ state
-    def _model_state(self) -> dict[str, torch.Tensor]:
-        if self.cfg.parallel == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            return get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True,
-                                                                               cpu_offload=True))
-        return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
-
-    def _optim_state(self) -> dict:
-        if self.cfg.parallel == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-            return get_optimizer_state_dict(self.policy, self.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.optimizer.state_dict()
-
     def save(self, final: bool = False) -> None:
         """Resumable state (out_dir/resume.pt) plus the plain weights through ``export``; collective call."""
-        model_sd, optim_sd = self._model_state(), self._optim_state()
+        fsdp = self.cfg.parallel == "fsdp"
+        model_sd = train_state.model_state(self.policy, fsdp)
+        optim_sd = train_state.optim_state(self.policy, self.optimizer, fsdp)
         rng = [None] * self.dist.world_size
-        mine = {"rng": _rng_state(), "cond_gen": self.cond_gen.get_state()}
+        mine = {"rng": train_state.rng_state(), "cond_gen": self.cond_gen.get_state()}
         if self.dist.world_size > 1:
             torch.distributed.all_gather_object(rng, mine)
         else:
@@ -297,22 +262,14 @@ class Trainer:
         state = load_file_raw(path)
         if not isinstance(state, dict) or "optimizer" not in state or "step" not in state:
             raise CheckpointError(f"{path}: not a resumable checkpoint of this trainer (expected resume.pt)")
-        if self.cfg.parallel == "fsdp":
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.policy, state["model"], options=opts)
-            set_optimizer_state_dict(self.policy, self.optimizer, state["optimizer"], options=opts)
-        else:
-            load_strict(self.policy, state["model"], source=f"{path}", ignore=())
-            self.optimizer.load_state_dict(state["optimizer"])
+        train_state.set_model_and_optim(self.policy, self.optimizer, state, self.cfg.parallel == "fsdp", str(path))
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         if "ema" in state and self.ema is not None:
             self.ema = {k: v.float() for k, v in state["ema"].items()}
         per_rank = state["rng_per_rank"]
         if len(per_rank) == self.dist.world_size:
-            _set_rng_state(per_rank[self.dist.rank]["rng"])
+            train_state.set_rng_state(per_rank[self.dist.rank]["rng"])
             self.cond_gen.set_state(per_rank[self.dist.rank]["cond_gen"])
         elif self.dist.is_main:
             self.log.warning("resuming with world size %d from a run with %d: random streams restart",
@@ -346,35 +303,59 @@ class Trainer:
                 self._file_log.close()
                 self._file_log = None
 
-    def _fit(self, dataset: Dataset, collate_fn=None) -> dict[str, float]:
+    def _lr_wd(self, epoch_steps: int) -> tuple[float, float]:
+        """(lr, weight decay) of the next optimizer step. The schedule is as long as the epochs make it (or
+        ``schedule_total``), whatever ``max_steps`` says; indexed by micro-iteration, a step uses its last one."""
         cfg = self.cfg
-        sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, rank=self.dist.rank,
-                                        world=self.dist.world_size, seed=cfg.seed)
-        per_epoch = sampler.batches_per_epoch
-        if per_epoch == 0:
-            raise SystemExit(f"dataset of {len(dataset)} items is smaller than one global batch "
-                             f"({self.dist.world_size} processes x {cfg.batch_size} rows)")
-        total = int(round(cfg.epochs * per_epoch))
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
-        total = max(total, 1)
+        per = cfg.grad_accum if cfg.schedule_unit == "micro" else 1
+        return lr_wd_at(self.step * per + per - 1, cfg.schedule_total or epoch_steps * per, schedule=cfg.schedule,
+                        lr=cfg.lr, weight_decay=cfg.weight_decay, wd_end=cfg.wd_end, warmup_steps=cfg.warmup_steps,
+                        warmup_start=cfg.warmup_start, final_lr_ratio=cfg.final_lr_ratio)
+
+    def _report(self, acc: dict, n_acc: int, total: int, lr: float, bar) -> dict[str, float]:
+        """Mean metrics since the last report over all ranks, logged on rank 0."""
+        last = cdist.all_reduce_dict({k: v / n_acc for k, v in acc.items()})
+        last["lr"] = lr
+        if self.dist.is_main:
+            self.log.info("step %d/%d %s", self.step, total, " ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
+            if bar is not None:
+                bar.set_postfix(loss=f"{last['loss']:.4g}", acc=f"{last.get('pref_acc', 0):.2f}")
+            if self.tb is not None:
+                for k, v in last.items():
+                    self.tb.add_scalar(f"train/{k}", v, self.step)
+        return last
+
+    def _start(self, per_epoch: int) -> tuple[int, int, object]:
+        """Resume if asked, open the logs; returns (steps the epochs make, steps to run, progress bar or None)."""
+        cfg = self.cfg
+        epoch_steps = max(1, int(round(cfg.epochs * per_epoch)))
+        total = min(epoch_steps, cfg.max_steps) if cfg.max_steps and cfg.max_steps > 0 else epoch_steps
         resume = cfg.resume
         if resume == "auto":
             resume = str(self.out_dir / "resume.pt") if (Path(cfg.out_dir) / "resume.pt").exists() else None
         if resume:
             self.load(resume)
         self._setup_logging()
+        bar = None
         if self.dist.is_main:
             self.log.info("training %d steps (%d per epoch), %d process(es) x %d rows, accumulation %d%s",
                           total, per_epoch, self.dist.world_size, cfg.batch_size, cfg.grad_accum,
                           f", resumed at step {self.step}" if resume else "")
-        bar = None
-        if self.dist.is_main:
             from tqdm.auto import tqdm
             bar = tqdm(total=total, initial=self.step, desc="CCA fine-tune", dynamic_ncols=True)
+        return epoch_steps, total, bar
+
+    def _fit(self, dataset: Dataset, collate_fn=None) -> dict[str, float]:
+        cfg = self.cfg
+        sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, rank=self.dist.rank,
+                                        world=self.dist.world_size, seed=cfg.seed, shuffle=cfg.shuffle)
+        per_epoch = sampler.batches_per_epoch
+        if per_epoch == 0:
+            raise SystemExit(f"dataset of {len(dataset)} items is smaller than one global batch "
+                             f"({self.dist.world_size} processes x {cfg.batch_size} rows)")
+        epoch_steps, total, bar = self._start(per_epoch)
         acc: dict[str, torch.Tensor] = {}
-        n_acc, last = 0, {}
-        t0 = time.time()
+        n_acc, last, t0 = 0, {}, time.time()
         fetch = SeededFetch(dataset, cfg.seed)    # augmentation draws independent of workers and resumes
         while self.step < total:
             if hasattr(dataset, "set_epoch"):
@@ -386,33 +367,23 @@ class Trainer:
                                 collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg.seed + self.epoch))
             for batch in loader:
-                lr, wd = lr_wd_at(self.step, total, schedule=cfg.schedule, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  wd_end=cfg.wd_end, warmup_steps=cfg.warmup_steps,
-                                  final_lr_ratio=cfg.final_lr_ratio)
+                lr, wd = self._lr_wd(epoch_steps)
                 apply_lr_wd(self.optimizer, lr, wd)
                 metrics = self.train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
+                if self.hooks.step is not None:
+                    self.hooks.step(self.step, {**metrics, "lr": lr, "weight_decay": wd})
                 for k, v in metrics.items():
                     acc[k] = acc.get(k, 0) + v
                 n_acc += 1
                 if bar is not None:
                     bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == total:
-                    last = cdist.all_reduce_dict({k: v / n_acc for k, v in acc.items()})
-                    last["lr"] = lr
-                    acc, n_acc = {}, 0
-                    if self.dist.is_main:
-                        self.log.info("step %d/%d %s", self.step, total,
-                                      " ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{last['loss']:.4g}", acc=f"{last.get('pref_acc', 0):.2f}")
-                        if self.tb is not None:
-                            for k, v in last.items():
-                                self.tb.add_scalar(f"train/{k}", v, self.step)
+                    last, acc, n_acc = self._report(acc, n_acc, total, lr, bar), {}, 0
                 if self.step >= total:
                     break
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step in cfg.ckpt_steps:
                     self.save(final=False)
             else:
                 self.epoch += 1

@@ -15,7 +15,6 @@ of Mixed_6d, after its ReLU) flattened in TF's HWC order (7 * 17 * 17 = 2023), `
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cca.hub import file_sha256
 from evaluations.npz_io import InputError
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -323,14 +323,6 @@ class InceptionV3(nn.Module):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(f"InceptionV3 expects uint8 (B, H, W, 3) images, got {images.dtype} {tuple(images.shape)}")
         return self.forward_normalized(self.preprocess(images))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path:

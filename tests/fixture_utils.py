@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
+FIXTURES_RECIPE = SHARED / "fixtures_recipe"        # training-step fixtures (+ the tokenizer they refer to)
 LAYOUTS = SHARED / "checkpoint_layouts"
 
 

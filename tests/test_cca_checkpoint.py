@@ -1,6 +1,8 @@
+import argparse
 import os
 import pickle
 import socket
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -22,6 +24,10 @@ def _sd():
     lambda sd: {"module": sd},
     lambda sd: {"state_dict": sd},
     lambda sd: {"trainer": {"var_wo_ddp": sd, "config": {"a": 1}}, "args": {"x": 1}},
+    # what the original CCA VAR_finetune.py writes to ar-ckpt-last.pth (its args: an OrderedDict of plain values)
+    lambda sd: {"epoch": 1, "iter": 0, "trainer": sd, "args": OrderedDict(pn="1_2_3", patch_nums=(1, 2, 3))},
+    # an upstream LlamaGen train_c2i.py checkpoint: its args are an argparse.Namespace
+    lambda sd: {"model": sd, "optimizer": {}, "steps": 5000, "args": argparse.Namespace(gpt_model="GPT-B", lr=1e-4)},
     lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},
     lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}},
 ])
@@ -54,9 +60,12 @@ def test_malicious_pickle_does_not_run(tmp_path):
     with pytest.raises(CheckpointError, match="could run code"):
         load_state_dict_file(path)
     torch.save({"model": {"w": torch.zeros(1)}, "obj": Evil()}, tmp_path / "evil2.pth")
+    # a Namespace is allowed, but not whatever it holds
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(x=Evil())}, tmp_path / "evil3.pth")
     marker.unlink(missing_ok=True)
-    with pytest.raises(CheckpointError, match="could run code"):
-        load_state_dict_file(tmp_path / "evil2.pth")
+    for name in ("evil2.pth", "evil3.pth"):
+        with pytest.raises(CheckpointError, match="could run code"):
+            load_state_dict_file(tmp_path / name)
     assert not marker.exists()
 
 

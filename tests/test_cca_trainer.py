@@ -111,7 +111,7 @@ def test_split_halves_give_the_joint_pass_update(tmp_path, loss_type, uncond_rat
 
 def test_resume_is_bit_identical(tmp_path):
     data = ToyData(48)
-    kw = dict(epochs=2.0, uncond_ratio=0.25, max_grad_norm=0.5, schedule="var", warmup_steps=2)
+    kw = dict(epochs=2.0, uncond_ratio=0.25, max_grad_norm=0.5, schedule="lin0", warmup_steps=2)
     policy, ref = _models(dropout=0.1)
     Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path / "full", **kw)).fit(data)
     full = policy.state_dict()

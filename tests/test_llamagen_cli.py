@@ -80,6 +80,8 @@ def test_finetune_bad_inputs(assets, tmp_path, monkeypatch):
         finetune_cli.main(_finetune_argv(assets, "--loss_type", "ipo"))
     with pytest.raises(SystemExit, match="looks like GPT-debug; pass --gpt-model GPT-debug"):
         finetune_cli.main(_finetune_argv(assets, "--gpt-model", "GPT-B"))
+    with pytest.raises(SystemExit, match="3 classes; pass --num-classes 3$"):     # the reference has 3 (+ null)
+        finetune_cli.main(_finetune_argv(assets, "--num-classes", "1000"))
     (tmp_path / "trunc.pt").write_bytes(assets["ref"].read_bytes()[:200])
     with pytest.raises(SystemExit, match="trunc.pt"):
         finetune_cli.main(_finetune_argv(assets) + ["--ref_ckpt", str(tmp_path / "trunc.pt")])

@@ -13,6 +13,7 @@ from fixture_utils import REPO
 from llamagen_tiny import CLASSES, EMBED, IMAGE, TINY_FLAGS, VOCAB, make_assets
 
 import LLamaGen_sample_ddp
+from cca.sampling import random_labels
 from LlamaGen import extract_codes_c2i
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
 
@@ -49,14 +50,18 @@ def _finetune(assets, script, expid, *extra):
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+    """The weights as the original samplers read them: the DDP script's {'model': ...}, the FSDP script's bare
+    state dict (upstream sample_c2i_ddp.py --from-fsdp takes the whole file)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["model"] if "model" in ckpt else ckpt
 
 
-def _sample(assets, ckpt, samples):
+def _sample(assets, ckpt, samples, *extra):
     LLamaGen_sample_ddp.main([f"--vq-ckpt={assets['vq']}", f"--ckpt_path={ckpt}", "--gpt-model=GPT-debug",
                               f"--image-size={IMAGE}", "--image-size-eval=32", "--per-proc-batch-size=4",
                               "--cfg-scale=1.0", "--num-fid-samples=10", f"--codebook-size={VOCAB}",
-                              f"--codebook-embed-dim={EMBED}", f"--num-classes={CLASSES}", f"--sample-dir={samples}"])
+                              f"--codebook-embed-dim={EMBED}", f"--num-classes={CLASSES}", f"--sample-dir={samples}",
+                              *extra])
 
 
 def test_extract_finetune_ddp_fsdp_sample(assets):
@@ -67,8 +72,12 @@ def test_extract_finetune_ddp_fsdp_sample(assets):
     assert (ddp_dir / "resume.pt").is_file() and (fsdp_dir / "resume.pt").is_file()
     ddp, fsdp, ref = (_weights(ddp_dir / "checkpoints/0000002.pt"), _weights(fsdp_dir / "checkpoints/0000002.pt"),
                       _weights(assets["ref"]))
-    # FSDP's consolidated file is a plain float32 state dict that loads strictly into an unsharded model ...
+    # FSDP's consolidated file is a bare float32 state dict (the original FSDP script's format): the whole file
+    # loads strictly into an unsharded model, as upstream --from-fsdp loads it, and through our loader
+    assert "model" not in torch.load(fsdp_dir / "checkpoints/0000002.pt", weights_only=True)
     plain = build_gpt("GPT-debug", vocab_size=VOCAB, image_size=IMAGE, downsample_size=16, num_classes=CLASSES)
+    plain.load_state_dict(torch.load(fsdp_dir / "checkpoints/0000002.pt"), strict=True)
+    plain.load_state_dict(torch.load(ddp_dir / "checkpoints/0000002.pt")["model"], strict=True)
     load_gpt_weights(plain, str(fsdp_dir / "checkpoints/0000002.pt"))
     for k, v in plain.state_dict().items():
         assert v.dtype == torch.float32 and torch.equal(v, fsdp[k]), k
@@ -91,7 +100,9 @@ def test_extract_finetune_ddp_fsdp_sample(assets):
     with np.load(npz_files[0]) as npz:
         images, labels = npz["arr_0"], npz["arr_1"]
     assert images.shape == (10, 32, 32, 3) and images.dtype == np.uint8 and images.std() > 0
-    assert labels.dtype == np.int64 and sorted(np.bincount(labels, minlength=CLASSES)) == [3, 3, 4]
+    assert labels.dtype == np.int64 and np.array_equal(labels, random_labels(10, CLASSES, seed=0))
     _sample(assets, ddp_dir / "checkpoints/0000002.pt", samples)        # rerun: everything done, same file
     with np.load(npz_files[0]) as npz:
         assert np.array_equal(npz["arr_0"], images) and np.array_equal(npz["arr_1"], labels)
+    with pytest.raises(SystemExit, match="other settings .*dtype"):       # not in the name: refused, not reused
+        _sample(assets, ddp_dir / "checkpoints/0000002.pt", samples, "--precision=fp16")

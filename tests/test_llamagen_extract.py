@@ -1,6 +1,7 @@
 """LlamaGen/extract_codes_c2i.py: the original's on-disk layout, script and module entry points, resume."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,32 @@ def test_bad_inputs(assets, tmp_path):
                                 "--code-path", str(tmp_path)])
     with pytest.raises(SystemExit, match="--codebook-size 64 --codebook-embed-dim 4"):
         extract_codes_c2i.main(_flags(assets, tmp_path)[:-6] + ["--num-workers", "0"])   # default 16384 x 8
+
+
+def test_t2i_listing_writes_one_centre_crop_per_record_where_the_original_did(assets, tmp_path):
+    """LlamaGen's T2I listing (.jsonl files with image_path) goes through the same tokenizer path:
+    <code-path>/<jsonl stem>/<line>.npy (1, h*w) int64, the codes of the centre crop, as extract_codes_t2i.py."""
+    from PIL import Image
+
+    from LlamaGen.checkpoints import load_vq
+    images = sorted(str(p) for p in assets["images"].rglob("*.png"))
+    listing = tmp_path / "listing"
+    listing.mkdir()
+    for name, chosen in (("part0.jsonl", images[:3]), ("part1.jsonl", images[3:5])):
+        (listing / name).write_text("".join(json.dumps({"image_path": p, "text": ["a caption"]}) + "\n"
+                                            for p in chosen))
+    (listing / "readme.txt").write_text("not a listing")
+    flags = _flags(assets, tmp_path / "codes")
+    flags[flags.index("--data-path") + 1] = str(listing)
+    extract_codes_c2i.main(flags + ["--data-start", "1", "--data-end", "1"])   # sorted entry 1 = part1.jsonl
+    assert sorted(p.relative_to(tmp_path / "codes").as_posix() for p in (tmp_path / "codes").rglob("*.npy")) == \
+        ["part1/0.npy", "part1/1.npy"]
+    extract_codes_c2i.main(flags)
+    vq = load_vq(str(assets["vq"]), "VQ-16", VOCAB, EMBED)
+    view = extract_codes_c2i.ViewsTransform(IMAGE, False, 1.0, flip=False)(Image.open(images[2]))   # (1, 3, S, S)
+    with torch.no_grad():
+        want = vq.encode(view)[2][2].reshape(1, -1).numpy()
+    got = np.load(tmp_path / "codes" / "part0" / "2.npy")
+    assert got.shape == (1, 16) and got.dtype == np.int64 and np.array_equal(got, want)
+    with pytest.raises(SystemExit, match="--ten-crop"):
+        extract_codes_c2i.main(flags + ["--ten-crop"])

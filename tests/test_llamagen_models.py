@@ -42,8 +42,30 @@ def test_gpt_layout_matches_release(size):
     assert sum(p.numel() for p in model.parameters()) == layout["num_parameters"]
 
 
-def test_vq16_layout_matches_release():
-    layout = _layout("llamagen_vq_ds16_c2i")
+@pytest.mark.parametrize("stage", ["stage1_256", "stage2_512"])
+def test_t2i_gpt_layout_matches_release(stage):
+    """The released text-to-image GPT-XL: caption projection, the null caption as a BUFFER, 120 zero RoPE rows;
+    built as the original's sampler builds it and as our CLIs do (``build_gpt``)."""
+    layout = _layout(f"llamagen_t2i_XL_{stage}")
+    built = layout["built_with"]
+    with torch.device("meta"):
+        model = GPT_models["GPT-XL"](**built["args"])
+    _assert_matches_layout(model, layout)
+    assert [k for k, _ in model.named_buffers()] == ["cls_embedding.uncond_embedding"]
+    assert sum(p.numel() for p in model.parameters()) == layout["num_parameters"]
+    assert sum(b.numel() for b in model.buffers()) == layout["num_buffer_elements"]
+    assert list(model.freqs_cis.shape) == built["derived"]["rope_table_shape"]
+    assert not model.freqs_cis[:built["args"]["cls_token_num"]].any()     # caption positions: cos = sin = 0
+    assert model.config.ffn_hidden == built["derived"]["ffn_hidden"]
+    image = built["derived"]["image_size"]
+    cli = build_gpt("GPT-XL", vocab_size=built["model_args"]["vocab_size"], image_size=image, downsample_size=16,
+                    num_classes=1000, gpt_type="t2i", device="meta")
+    _assert_matches_layout(cli, layout)
+
+
+@pytest.mark.parametrize("name", ["llamagen_vq_ds16_c2i", "llamagen_vq_ds16_t2i"])
+def test_vq16_layout_matches_release(name):
+    layout = _layout(name)
     with torch.device("meta"):
         model = VQ_models["VQ-16"](**layout["built_with"]["args"])
     _assert_matches_layout(model, layout)

@@ -84,7 +84,8 @@ def test_var_ddp_two_processes_equal_one_process(tmp_path):
             "--uncond_ratio", "0", "--dpr_ratio", "0", "--hflip", "0", "--mid_reso", "1", "--data_path",
             str(tmp_path / "data"), "--ref_ckpt", str(tmp_path / "ref.pth"), "--vae_ckpt", str(tmp_path / "vae.pth"),
             "--local_out_dir", str(tmp_path / "out")]
-    run([sys.executable, *base, "--exp_name", "one"], cwd=tmp_path)
+    # the same --ac: VAR's lr / wd schedule advances per micro-batch, as the original's, so --ac changes it
+    run([sys.executable, *base, "--exp_name", "one", "--ac", "2"], cwd=tmp_path)
     run([*TORCHRUN, *base, "--exp_name", "two", "--ac", "2"], cwd=tmp_path)
     one, two = (torch.load(tmp_path / "out" / d / "ar-ckpt-last.pth", weights_only=True) for d in ("one", "two"))
     for d in ("one", "two"):

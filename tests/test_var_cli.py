@@ -4,6 +4,7 @@ valid, shuffled, resumable npz; plus the one-line errors for bad input."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,9 @@ def check_run_folder(run_dir: Path, ref: dict[str, torch.Tensor]) -> None:
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     sd = torch.load(run_dir / "ar-ckpt-last.pth", map_location="cpu", weights_only=True)
     assert set(sd) == set(ref) and all(isinstance(v, torch.Tensor) for v in sd.values())   # a plain state dict
+    # ... that the original VAR_sample.py's plain torch.load + strict load_state_dict accepts
+    build_var(build_vae(V=64, Cvae=8, ch=32, patch_nums=(1, 2)), depth=2, num_classes=2,
+              patch_nums=(1, 2)).load_state_dict(torch.load(run_dir / "ar-ckpt-last.pth"), strict=True)
     assert any(not torch.equal(sd[k], ref[k]) for k in ref), "fine-tuning changed nothing"
 
 
@@ -100,6 +104,19 @@ def test_finetune_two_steps_then_sample_npz(ws):
     with np.load(npz_path) as f:
         assert np.array_equal(f["arr_1"], labels) and np.array_equal(f["arr_0"], images)
     assert len(list(parts.glob("*.idx.npy"))) == 3
+
+
+def test_sample_reruns_never_keep_a_result_of_other_settings(ws, capsys):
+    ckpt, out = ws / "ref.pth", ws / "reruns"
+    VAR_sample.main(sample_args(ws, ckpt, "--num_per_class", "1", "--sample_dir", str(out)))
+    VAR_sample.main(sample_args(ws, ckpt, "--num_per_class", "2", "--sample_dir", str(out)))   # another file
+    files = sorted(out.glob("*.npz"))
+    assert [np.load(f)["arr_0"].shape[0] for f in files] == [2, 4]
+    for parts in out.glob("*.parts"):                   # finished runs whose shards were cleaned away
+        shutil.rmtree(parts)
+    msg = one_line_exit(VAR_sample.main, sample_args(ws, ckpt, "--num_per_class", "2", "--sample_dir", str(out),
+                                                     "--round_uint8", "1"), capsys)
+    assert "other settings" in msg and "round_uint8: False -> True" in msg
 
 
 def test_help_lists_every_flag_of_the_seed_commands():
@@ -166,6 +183,8 @@ def test_bad_finetune_input_fails_fast_with_one_line(ws, tmp_path, capsys):
 def test_bad_sample_input_fails_fast_with_one_line(ws, capsys):
     msg = one_line_exit(VAR_sample.main, sample_args(ws, ws / "ref.pth", "--depth", "4"), capsys)
     assert msg.startswith("--ckpt_path") and "pass --depth 2" in msg
+    msg = one_line_exit(VAR_sample.main, sample_args(ws, ws / "ref.pth", "--pn", "1_2_3"), capsys)
+    assert "5 tokens" in msg and "pass --pn 1_2" in msg
     msg = one_line_exit(VAR_sample.main, sample_args(ws, ws / "missing.pth"), capsys)
     assert "--ckpt_path" in msg and "not found" in msg
     assert "--vae_ckpt" in one_line_exit(VAR_sample.main, sample_args(ws, ws / "ref.pth", "--vae_ch", "64"), capsys)
