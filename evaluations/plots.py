@@ -78,6 +78,7 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title:
     _axes(draw, box, px, limits, title, xlabel, ylabel)
     right, top = px(limits[1], limits[3])
     legend_y = top + 5
+    legend_x = right - 6 - max((draw.textlength(e["label"], font=font) for e in [*series, *points]), default=0)
     for s in series:
         pts = [px(x, y) for x, y in zip(s["x"], s["y"])]
         if len(pts) > 1:
@@ -89,12 +90,12 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title:
             draw.ellipse([a - 3, b - 3, a + 3, b + 3], fill=s["color"])
             if s.get("texts"):
                 draw.text((a + 5, b + 3), s["texts"][i], fill=s["color"], font=font)
-        draw.text((right - 150, legend_y), s["label"], fill=s["color"], font=font)
+        draw.text((legend_x, legend_y), s["label"], fill=s["color"], font=font)
         legend_y += 12
     for p in points:
         a, b = px(p["x"], p["y"])
         draw.polygon([(a, b - 7), (a + 7, b), (a, b + 7), (a - 7, b)], fill=p["color"], outline="black")
-        draw.text((right - 150, legend_y), p["label"], fill=p["color"], font=font)
+        draw.text((legend_x, legend_y), p["label"], fill=p["color"], font=font)
         legend_y += 12
 
 
