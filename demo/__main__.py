@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 
 def parse_value(text: str, like):
     if isinstance(like, bool):
@@ -43,32 +41,61 @@ def apply_override(cfg, assignment: str, flag: str = "--set") -> None:
         raise SystemExit(f"{flag} {assignment!r}: bad value ({e})") from None
 
 
-def parse_sweep(text: str) -> tuple[str, str, list[float]]:
-    """'llamagen.lambda_=10,100,1000' -> ('llamagen', 'lambda_', [10, 100, 1000]) (a CCA setting)."""
+def _cca_fields() -> set[str]:
+    from demo.config import CCAConfig
+    return {f.name for f in dataclasses.fields(CCAConfig)}
+
+
+def parse_sweep(text: str) -> list[tuple[str, dict]]:
+    """'llamagen.lambda_=10,100,1000' -> one extra CCA point per value: [('llamagen', {'lambda_': 10.0}), ...]."""
     path, eq, values = text.partition("=")
     fam, dot, field = path.partition(".")
-    from demo.config import CCAConfig
-    if not eq or not dot or fam not in ("llamagen", "var") or field not in {f.name for f in dataclasses.fields(
-            CCAConfig)}:
+    if not eq or not dot or fam not in ("llamagen", "var") or field not in _cca_fields():
         raise SystemExit(f"--sweep {text!r}: expected FAMILY.CCA_FIELD=V1,V2,... (e.g. var.lambda_=10,50,200)")
     try:
-        return fam, field, [float(v) for v in values.split(",") if v]
+        return [(fam, {field: float(v)}) for v in values.split(",") if v]
     except ValueError:
         raise SystemExit(f"--sweep {text!r}: values must be numbers") from None
 
 
+def parse_point(text: str) -> tuple[str, dict]:
+    """'llamagen.lambda_=2,beta=0.05' -> ('llamagen', {'lambda_': 2.0, 'beta': 0.05}): one extra CCA run."""
+    fam, dot, rest = text.partition(".")
+    settings = {}
+    for item in rest.split(","):
+        field, eq, value = item.partition("=")
+        if fam not in ("llamagen", "var") or not dot or not eq or field not in _cca_fields():
+            raise SystemExit(f"--point {text!r}: expected FAMILY.CCA_FIELD=V,CCA_FIELD=V,... "
+                             f"(e.g. llamagen.lambda_=2,beta=0.05)")
+        try:
+            settings[field] = float(value)
+        except ValueError:
+            raise SystemExit(f"--point {text!r}: values must be numbers") from None
+    return fam, settings
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python3 -m demo", description=__doc__, allow_abbrev=False)
     p.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: $FASHION_MNIST_DIR, else "
                                                "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--out", default="demo_output", help="output folder (stage cache in OUT/cache)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline, not the claim (< 3 min)")
     p.add_argument("--families", default="llamagen,var", help="comma-separated subset of llamagen,var")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads: 0 (default) auto, every core unless other processes keep some busy "
+                        "(re-decided as the run goes, see demo/README.md); N: fixed")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a setting, e.g. --set llamagen.cca.lambda_=300 --set per_class=50")
     p.add_argument("--sweep", action="append", default=[], metavar="FAMILY.FIELD=V1,V2",
                    help="extra CCA runs over one CCA setting, scored guidance-free, e.g. var.lambda_=10,50,200")
+    p.add_argument("--point", action="append", default=[], metavar="FAMILY.FIELD=V,FIELD=V",
+                   help="one extra CCA run with these CCA settings, scored guidance-free, e.g. "
+                        "llamagen.lambda_=2,beta=0.05")
+    p.add_argument("--seeds", type=int, default=1, help="repeat the CCA fine-tune and all sampling with this many "
+                                                        "run seeds and report mean +- spread (default 1)")
+    p.add_argument("--curves", action="store_true",
+                   help="also CCA fine-tune each family at the lambdas of its curve_lambdas setting and draw the "
+                        "CCA lambda curve beside the CFG-scale curve (FID against accuracy, curves_<family>.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
 
@@ -81,21 +108,24 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--families: expected a comma-separated subset of llamagen,var, got {args.families!r}")
     for assignment in args.set:
         apply_override(cfg, assignment)
-    sweep = [parse_sweep(s) for s in args.sweep]
+    points = [pt for s in args.sweep for pt in parse_sweep(s)] + [parse_point(s) for s in args.point]
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
     if args.threads < 0:
         raise SystemExit(f"--threads must be >= 0, got {args.threads}")
     data_dir = resolve_data_dir(args.data)
     out_dir = Path(args.out)
     from cca.checkpoint import check_writable_dir
     check_writable_dir(out_dir, "--out")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from demo.cpuload import THREADS
+    THREADS.configure(args.threads)
     from cca import dist as cdist
     cdist.init("cpu")                      # the miniature runs on the CPU, in this one process
     from demo.pipeline import run_demo
     from demo.report import summary_lines
     t0 = time.perf_counter()
-    metrics = run_demo(cfg, data_dir, out_dir, families, progress=not args.no_progress, sweep=sweep)
+    metrics = run_demo(cfg, data_dir, out_dir, families, progress=not args.no_progress, points=points,
+                       seeds=args.seeds, curves=args.curves)
     print("\n".join(summary_lines(metrics)))
     print(f"[demo] wrote {out_dir / 'report.md'} and {out_dir / 'metrics.json'} in "
           f"{(time.perf_counter() - t0) / 60:.1f} min")

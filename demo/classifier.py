@@ -16,28 +16,35 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cca.checkpoint import save_safetensors_atomic
+from demo.config import ClassifierConfig
+from demo.cpuload import THREADS
 
-NAME = "fmnist-cnn"
 
 
 class FashionCNN(nn.Module):
-    """conv 32 -> conv 32 -> pool -> conv 64 -> conv 64 -> pool -> fc ``feat_dim`` (ReLU; the features) -> fc 10."""
+    """Stages of (conv 3x3 -> BatchNorm -> ReLU) x len(stage), each followed by a 2x2 max-pool; then the last map
+    flattened (or averaged over its positions: ``global_pool``) -> fc ``feat_dim`` (ReLU; the features) -> fc 10."""
 
-    def __init__(self, image_size: int = 16, feat_dim: int = 128, num_classes: int = 10):
+    def __init__(self, image_size: int, stages: list[list[int]], feat_dim: int, global_pool: bool,
+                 num_classes: int = 10):
         super().__init__()
-        self.convs = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2))
-        side = image_size // 4
-        self.fc = nn.Linear(64 * side * side, feat_dim)
+        layers, width = [], 1
+        for stage in stages:
+            for out in stage:
+                layers += [nn.Conv2d(width, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+                width = out
+            layers.append(nn.MaxPool2d(2))
+        self.convs = nn.Sequential(*layers)
+        self.global_pool = global_pool
+        side = image_size // 2 ** len(stages)
+        self.fc = nn.Linear(width if global_pool else width * side * side, feat_dim)
         self.drop = nn.Dropout(0.3)
         self.head = nn.Linear(feat_dim, num_classes)
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 1, S, S) in [-1, 1] -> (features (B, feat_dim), logits (B, 10))."""
-        h = self.convs(x).flatten(1)                                   # (B, 64 * S/4 * S/4)
+        h = self.convs(x)                                              # (B, C, S', S')
+        h = h.mean((2, 3)) if self.global_pool else h.flatten(1)       # (B, C) or (B, C * S' * S')
         feats = F.relu(self.fc(h))                                     # (B, feat_dim)
         return feats, self.head(self.drop(feats))
 
@@ -55,14 +62,18 @@ class ClassifierFeatures:
     """``evaluations.features.FeatureNet`` around a trained FashionCNN: uint8 (B, H, W, C) ->
     {'pool': (B, feat_dim), 'logits': (B, 10)}."""
 
-    def __init__(self, net: FashionCNN, weights_sha256: str | None = None):
+    def __init__(self, net: FashionCNN, name: str, weights_sha256: str | None = None):
         self.net = net.eval()
-        self.name, self.weights_sha256 = NAME, weights_sha256
+        self.name, self.weights_sha256 = name, weights_sha256
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feats, logits = self.net.features_and_logits(FashionCNN.from_uint8(images))
         return {"pool": feats, "logits": logits}
+
+
+def build_classifier(spec: ClassifierConfig, image_size: int) -> FashionCNN:
+    return FashionCNN(image_size, spec.stages, spec.feat_dim, spec.global_pool)
 
 
 def _batches(n: int, batch: int, gen: torch.Generator):
@@ -71,23 +82,24 @@ def _batches(n: int, batch: int, gen: torch.Generator):
         yield order[s:s + batch]
 
 
-def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, *, image_size: int, epochs: float,
-                     batch_size: int = 128, lr: float = 2e-3, seed: int = 0, feat_dim: int = 128,
-                     progress: bool = True) -> FashionCNN:
-    """Adam with a cosine schedule; light augmentation (random 1-px shifts, horizontal flips)."""
+def train_classifier(train_images: np.ndarray, train_labels: np.ndarray, spec: ClassifierConfig, *, image_size: int,
+                     batch_size: int = 128, lr: float = 2e-3, progress: bool = True) -> FashionCNN:
+    """Adam with a cosine schedule; light augmentation (random 1-px shifts, horizontal flips); seeded by the spec."""
+    seed, epochs = spec.seed, spec.epochs
     torch.manual_seed(seed)
-    net = FashionCNN(image_size, feat_dim)
+    net = build_classifier(spec, image_size)
     x = torch.from_numpy(np.array(train_images)).float().div_(127.5).sub_(1.0)[:, None]   # (N, 1, S, S)
     y = torch.from_numpy(np.asarray(train_labels)).long()
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = len(y) // batch_size
     total = max(1, int(round(epochs * steps_per_epoch)))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    bar = tqdm(total=total, desc="classifier", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"classifier {spec.name}", disable=not progress, dynamic_ncols=True)
     step = 0
     net.train()
     while step < total:
         for idx in _batches(len(y), batch_size, gen):
+            THREADS.adapt()
             xb = x[idx]
             if torch.rand((), generator=gen) < 0.5:
                 xb = xb.flip(-1)
@@ -124,18 +136,20 @@ def save_classifier(net: FashionCNN, path) -> None:
     save_safetensors_atomic({k: v.detach().contiguous() for k, v in net.state_dict().items()}, path)
 
 
-def load_classifier(path, image_size: int, feat_dim: int = 128) -> ClassifierFeatures:
+def load_classifier(path, spec: ClassifierConfig, image_size: int) -> ClassifierFeatures:
     from cca.checkpoint import load_state_dict_file, load_strict
     from evaluations.inception import file_sha256
-    net = FashionCNN(image_size, feat_dim)
+    net = build_classifier(spec, image_size)
     load_strict(net, load_state_dict_file(path), source=str(path))
-    return ClassifierFeatures(net, file_sha256(path))
+    return ClassifierFeatures(net, spec.name, file_sha256(path))
 
 
 if __name__ == "__main__":   # quick manual check: python3 -m demo.classifier
+    from demo.config import DemoConfig
     from demo.data import load_split, resolve_data_dir
     root = resolve_data_dir(None)
     tr, te = load_split(root, True, 16), load_split(root, False, 16)
-    t0 = time.time()
-    model = train_classifier(tr.images, tr.labels, image_size=16, epochs=2)
-    print(f"{time.time() - t0:.1f}s test accuracy {accuracy(model, te.uint8_rgb(), te.labels):.4f}")
+    for c in DemoConfig().classifiers:
+        t0 = time.time()
+        model = train_classifier(tr.images, tr.labels, c, image_size=16)
+        print(f"{c.name}: {time.time() - t0:.1f}s test accuracy {accuracy(model, te.uint8_rgb(), te.labels):.4f}")

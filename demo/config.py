@@ -46,12 +46,31 @@ class CCAConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """A feature network of the evaluation (``demo.classifier.FashionCNN``), trained on the train split."""
+    name: str
+    stages: list[list[int]]                        # conv widths per stage; each stage ends in a 2x2 max-pool
+    feat_dim: int                                  # the features (classifier-FID, precision / recall)
+    global_pool: bool                              # average the last map over positions (else flatten it)
+    seed: int
+    epochs: float = 1.0
+
+
+def feature_networks() -> list[ClassifierConfig]:
+    """Two independently trained networks of different depth, width, pooling and seed: a target counts only
+    if it holds under both (one network's features alone flipped a claim, issue 19)."""
+    return [ClassifierConfig("cnn-a", [[32, 32], [64, 64]], 128, False, seed=0),
+            ClassifierConfig("cnn-b", [[24], [48], [96]], 64, True, seed=1)]
+
+
+@dataclass
 class FamilyConfig:
     family: str
     tokenizer: TokenizerConfig
     ar: ARConfig
     cca: CCAConfig
     cfg_scales: list[float]                        # base + CFG sweep, in the family's own convention
+    curve_lambdas: list[float] = field(default_factory=list)   # --curves: CCA fine-tunes at these lambdas
 
 
 @dataclass
@@ -59,13 +78,16 @@ class DemoConfig:
     image_size: int = 16
     train_images: int | None = None                # None: all 60,000
     test_images: int | None = None                 # None: all 10,000 (the FID / precision-recall reference)
-    classifier_epochs: float = 1.0
+    classifiers: list[ClassifierConfig] = field(default_factory=feature_networks)
     per_class: int = 500                           # samples per class and variant (FID noise at 2,000 was ~1)
     # 2,500 rows per step amortise the per-step fixed cost (Python, weight reads, thread wake-ups: worse on a
     # loaded machine) that would otherwise favour CFG's 2B rows; 5,000 samples = 2 batches
     sample_batch: int = 2500
     timing_batch: int = 2500                       # as sample_batch: timed as the samples were made
     timing_rounds: int = 2                         # CCA timed next to each CFG scale in every round
+    quiet_load: float = 0.1                        # foreign cores during a timed batch at most this: it is quiet
+    timing_patience: float = 90.0                  # s per family the timing may wait for quiet / repeat batches
+    bootstrap_replicates: int = 1000               # resamples of each variant's samples (95 % intervals)
     seed: int = 0
     families: list[FamilyConfig] = field(default_factory=list)
 
@@ -95,10 +117,11 @@ def full_config() -> DemoConfig:
     # per image of tokens; 900 pretraining steps keep the whole run under 25 minutes) and a VAR of 6 blocks (1.0 ms
     # of tokens per image against 0.07 ms of decoding), all measured in the full runs of demo/TUNING.md
     llamagen = FamilyConfig("llamagen", TokenizerConfig(), ARConfig(dim=256, n_layer=8, steps=900),
-                            CCAConfig(beta=0.1, lambda_=2.0, lr=1e-4), cfg_scales=[1.5, 2.0, 3.0, 4.0])
+                            CCAConfig(beta=0.1, lambda_=2.0, lr=1e-4), cfg_scales=[1.5, 2.0, 3.0, 4.0],
+                            curve_lambdas=[0.5, 1.0, 2.0, 4.0])
     var = FamilyConfig("var", TokenizerConfig(z_channels=16), ARConfig(n_layer=6),
                        CCAConfig(beta=0.1, lambda_=2.0, lr=2e-4, uncond_ratio=0.1),
-                       cfg_scales=[1.0, 2.0, 3.0, 4.0])
+                       cfg_scales=[1.0, 2.0, 3.0, 4.0], curve_lambdas=[0.5, 1.0, 2.0, 4.0])
     return DemoConfig(families=[llamagen, var])
 
 
@@ -108,8 +131,10 @@ def quick_config() -> DemoConfig:
     ar = dict(dim=64, n_layer=2, n_head=2, steps=60, batch_size=32)
     cca = dict(epochs=0.5, batch_size=32)
     llamagen = FamilyConfig("llamagen", TokenizerConfig(vocab_size=64, **tok), ARConfig(**ar), CCAConfig(**cca),
-                            cfg_scales=[2.0])
+                            cfg_scales=[2.0], curve_lambdas=[0.5, 1.0, 2.0])
     var = FamilyConfig("var", TokenizerConfig(vocab_size=64, z_channels=16, **tok), ARConfig(**ar),
-                       CCAConfig(**cca), cfg_scales=[1.0])
-    return DemoConfig(train_images=1000, test_images=500, classifier_epochs=4.0, per_class=5, sample_batch=50,
-                      timing_batch=20, timing_rounds=1, families=[llamagen, var])
+                       CCAConfig(**cca), cfg_scales=[1.0], curve_lambdas=[0.5, 1.0, 2.0])
+    return DemoConfig(train_images=1000, test_images=500, per_class=5, sample_batch=50,
+                      timing_batch=20, timing_rounds=1, timing_patience=5.0, bootstrap_replicates=200,
+                      families=[llamagen, var],
+                      classifiers=[dataclasses.replace(c, epochs=4.0) for c in feature_networks()])

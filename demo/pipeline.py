@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -17,13 +18,16 @@ from cca.sampling import to_uint8_nhwc
 from demo import report
 from demo.classifier import accuracy, load_classifier, save_classifier, train_classifier
 from demo.config import DemoConfig, FamilyConfig, key_of
+from demo.cpuload import THREADS, machine_description
+from demo.curves import curve_settings, family_curve
 from demo.data import Split, load_split
-from demo.evaluate import evaluate_npz, reference_features
+from demo.evaluate import Scorer, load_replicates
 from demo.families import FAMILIES, Family
 from demo.finetune import cca_finetune
 from demo.pretrain import eval_loss, pretrain_ar
-from demo.samplers import Variant, sample_to_npz, time_variants
+from demo.samplers import TimingPolicy, Variant, sample_to_npz, time_variants
 from demo.stages import StageCache, load_module, load_tensors, save_module, save_tensors
+from demo.targets import family_targets, seed_summary
 
 
 def load_data(cfg: DemoConfig, data_dir: Path, cache: StageCache) -> tuple[Split, Split]:
@@ -42,17 +46,37 @@ def load_data(cfg: DemoConfig, data_dir: Path, cache: StageCache) -> tuple[Split
     return train, test
 
 
+def train_classifiers(cfg: DemoConfig, train: Split, test: Split, cache: StageCache, progress: bool
+                      ) -> tuple[dict, dict, list[str]]:
+    """Trains (or loads) each feature network: ({name: FeatureNet}, {name: test accuracy and spec}, stage keys)."""
+    nets, info, keys = {}, {}, []
+    for spec in cfg.classifiers:
+        key = key_of(cfg.image_size, cfg.train_images, spec)
+        weights = cache.path(f"classifier_{spec.name}", ".safetensors")
+
+        def train_one(spec=spec, weights=weights) -> dict:
+            net = train_classifier(train.images, train.labels, spec, image_size=cfg.image_size, progress=progress)
+            save_classifier(net, weights)
+            return {"test_accuracy": accuracy(net, test.uint8_rgb(), test.labels), "train_images": len(train)}
+        result = cache.run(f"classifier_{spec.name}", key, train_one, (weights,))
+        nets[spec.name] = load_classifier(weights, spec, cfg.image_size)
+        info[spec.name] = {**result, "spec": dataclasses.asdict(spec)}
+        keys.append(key)
+    return nets, info, keys
+
+
 class FamilyRun:
-    """One family's stages; fills ``self.variants`` (name -> metadata) and ``self.notes`` for the report."""
+    """One family's stages; ``run`` returns its variants (name -> metadata and scores), ``self.notes`` the rest."""
 
     def __init__(self, cfg: DemoConfig, fc: FamilyConfig, cache: StageCache, out_dir: Path, train: Split,
-                 test: Split, classifier, progress: bool):
+                 test: Split, scorer: Scorer, progress: bool):
         self.cfg, self.fc, self.cache, self.out_dir = cfg, fc, cache, out_dir
         self.fam: Family = FAMILIES[fc.family]
-        self.train, self.test, self.net, self.progress = train, test, classifier, progress
+        self.train, self.test, self.scorer, self.progress = train, test, scorer, progress
         self.x_train, _ = train.tensors()
         self.x_test, _ = test.tensors()
         self.notes: dict = {}
+        self.sample_keys: dict[str, str] = {}
 
     # ---------------------------------------------------------------- models
     def tokenizer(self):
@@ -62,6 +86,7 @@ class FamilyRun:
             torch.manual_seed(self.cfg.seed)
             tok = self.fam.build_tokenizer(fc)
         weights = self.cache.path(name, ".safetensors")
+        first_net = next(iter(self.scorer.nets.values())).net
 
         def train() -> dict:
             t = fc.tokenizer
@@ -73,7 +98,7 @@ class FamilyRun:
             stats["test_mse"] = float(((rec.clamp(-1, 1) - self.x_test) ** 2).mean())
             stats["codes_used_on_test"] = int(codes.unique().numel())
             stats["classifier_accuracy_on_reconstructions"] = accuracy(
-                self.net.net, to_uint8_nhwc(rec, (-1.0, 1.0)), self.test.labels)
+                first_net, to_uint8_nhwc(rec, (-1.0, 1.0)), self.test.labels)
             return stats
         self.notes["tokenizer"] = self.cache.run(name, self.tok_key, train, (weights,))
         self.tok = load_module(tok, weights)
@@ -113,11 +138,10 @@ class FamilyRun:
         self.notes["pretrain"] = self.cache.run(name, self.base_key, train, (weights,))
         self.base = load_module(model, weights)
 
-    def cca_model(self, cca_cfg=None, tag: str = "cca"):
-        fc = self.fc
-        cca_cfg = cca_cfg or fc.cca
-        name = f"{fc.family}_{tag}"
-        key = key_of(self.base_key, cca_cfg)
+    def cca_model(self, cca_cfg, tag: str, seed: int):
+        """The base model CCA fine-tuned with ``cca_cfg`` and trainer seed ``seed`` (cached as ``<family>_<tag>``)."""
+        name = f"{self.fc.family}_{tag}"
+        key = key_of(self.base_key, cca_cfg, seed)
         weights = self.cache.path(name, ".safetensors")
         model = copy.deepcopy(self.base)
 
@@ -125,28 +149,32 @@ class FamilyRun:
             adapter, dataset = self.fam.adapter_and_dataset(self.base, self.train, self.codes_train)
             run_dir = self.cache.root / f"{name}_trainer"
             shutil.rmtree(run_dir, ignore_errors=True)
-            tuned, last = cca_finetune(self.base, adapter, dataset, cca_cfg, run_dir, seed=self.cfg.seed)
+            tuned, last = cca_finetune(self.base, adapter, dataset, cca_cfg, run_dir, seed=seed)
             save_module(tuned, weights)
             return {"last_logged": last, "steps": int(round(cca_cfg.epochs * (len(dataset) // cca_cfg.batch_size)))}
         notes = self.cache.run(name, key, train, (weights,))
         return load_module(model, weights), key, notes
 
     # ---------------------------------------------------------------- samples, timing, scores
-    def variants(self, cca_model, cca_key) -> list[tuple[Variant, str]]:
+    def variants(self, cca_model, cca_key: str, seed: int) -> list[tuple[Variant, str]]:
+        """Base and CCA guidance-free and base + CFG at each scale; names carry the run seed unless it is the
+        configuration's own."""
         fam, f = self.fam, self.fc.family
+        tail = "" if seed == self.cfg.seed else f"_seed{seed}"
         gf = fam.guidance_free_cfg
-        out = [(Variant(f"{f}_base", f, "base", False, gf, *fam.sampler(self.base, self.tok, gf)),
+        out = [(Variant(f"{f}_base{tail}", f, "base", False, gf, *fam.sampler(self.base, self.tok, gf)),
                 self.base_key),
-               (Variant(f"{f}_cca", f, "cca", False, gf, *fam.sampler(cca_model, self.tok, gf)), cca_key)]
+               (Variant(f"{f}_cca{tail}", f, "cca", False, gf, *fam.sampler(cca_model, self.tok, gf)), cca_key)]
         for s in self.fc.cfg_scales:
-            out.append((Variant(f"{f}_base_cfg{s:g}", f, "base", True, float(s),
+            out.append((Variant(f"{f}_base_cfg{s:g}{tail}", f, "base", True, float(s),
                                 *fam.sampler(self.base, self.tok, float(s))), self.base_key))
         return out
 
-    def sample_and_score(self, variant: Variant, model_key: str, classifier_key: str) -> dict:
+    def sample_and_score(self, variant: Variant, model_key: str, seed: int) -> dict:
         cfg = self.cfg
         npz = self.out_dir / f"samples_{variant.name}.npz"
-        skey = key_of(model_key, variant.cfg, cfg.per_class, cfg.seed, cfg.sample_batch)
+        skey = key_of(model_key, variant.cfg, cfg.per_class, seed, cfg.sample_batch)
+        self.sample_keys[variant.name] = skey
 
         def sample() -> dict:
             parts = self.out_dir / f"samples_{variant.name}.parts"
@@ -156,83 +184,111 @@ class FamilyRun:
             parts.mkdir(parents=True, exist_ok=True)
             marker.write_text(skey)
             return sample_to_npz(variant, self.out_dir, per_class=cfg.per_class, batch_size=cfg.sample_batch,
-                                 seed=cfg.seed, progress=self.progress)
+                                 seed=seed, progress=self.progress)
         info = self.cache.run(f"samples_{variant.name}", skey, sample, (npz,))
-        ekey = key_of(skey, classifier_key, cfg.test_images)
-        scores = self.cache.run(f"eval_{variant.name}", ekey, lambda: evaluate_npz(npz, self.net, self.ref_feats),
-                                (npz,))
-        return {**scores, "sampling_seconds_total": info["seconds"], "key": skey}
+        reps = self.cache.path(f"eval_{variant.name}", ".npz")
+        scores = self.cache.run(f"eval_{variant.name}", key_of(skey, self.scorer.key, cfg.test_images),
+                                lambda: self.scorer.score(npz, reps, variant.name), (npz, reps))
+        return {"family": variant.family, "model": variant.model, "guided": variant.guided, "cfg": variant.cfg,
+                "seed": seed, "scores": scores, "samples": npz.name, "replicates": str(reps.relative_to(self.out_dir)),
+                "sampling_seconds": info["seconds"]}
 
-    def run(self, classifier_key: str, ref_feats, sweep: list[tuple[str, list]] = ()) -> dict[str, dict]:
-        self.ref_feats = ref_feats
-        self.tokenizer()
-        self.codes()
-        self.base_model()
-        cca_model, cca_key, self.notes["cca"] = self.cca_model()
-        pairs = self.variants(cca_model, cca_key)
-        scored = {v.name: self.sample_and_score(v, k, classifier_key) for v, k in pairs}
+    def time(self, pairs: list[tuple[Variant, str]], records: dict) -> None:
+        """Times the samplers of one run seed and adds s / image (and the load seen) to their records."""
         # every sampler is timed whole, CCA once next to each CFG scale (equally many draws on both sides of the
         # time ratio); the token generation alone only for CCA and the first CFG scale (a like-for-like pair: the
         # other scales run the same computation), which keeps the timing stage about a third shorter
-        cca_name = f"{self.fc.family}_cca"
+        cca_name = next(v.name for v, _ in pairs if v.model == "cca")
         first_cfg = next(v.name for v, _ in pairs if v.guided)
         timed = [v if v.name in (cca_name, first_cfg) else dataclasses.replace(v, tokens=None) for v, _ in pairs]
-        tkey = key_of([scored[v.name]["key"] for v, _ in pairs], self.cfg.timing_batch, self.cfg.timing_rounds,
-                      "whole+tokens of cca and first cfg; cca paired with each cfg")
-        timing = self.cache.run(f"{self.fc.family}_timing", tkey, lambda: time_variants(
-            timed, batch_size=self.cfg.timing_batch, rounds=self.cfg.timing_rounds, paired=cca_name,
-            progress=self.progress))
-        variants = {}
-        for v, _ in pairs:
-            s = scored[v.name]
-            variants[v.name] = {"family": v.family, "model": v.model, "guided": v.guided, "cfg": v.cfg,
-                                "fid": s["fid"], "accuracy": s["accuracy"], "precision": s["precision"],
-                                "recall": s["recall"], "sec_per_image": timing[v.name]["sec_per_image"],
-                                "samples": f"samples_{v.name}.npz"}
-        self.notes["timing"] = timing
-        self.notes["sweep"] = [self.sweep_point(field, value, classifier_key) for field, values in sweep
-                               for value in values]
-        return variants
+        policy = TimingPolicy(self.cfg.quiet_load, self.cfg.timing_patience)
+        tkey = key_of([self.sample_keys[v.name] for v, _ in pairs], self.cfg.timing_batch, self.cfg.timing_rounds,
+                      dataclasses.asdict(policy), "whole+tokens of cca and first cfg; cca paired with each cfg")
 
-    def sweep_point(self, field: str, value, classifier_key: str) -> dict:
-        """One extra CCA run with ``cca.<field> = value``, sampled guidance-free and scored (not in metrics.json)."""
+        def measure() -> dict:
+            best, load = time_variants(timed, batch_size=self.cfg.timing_batch, rounds=self.cfg.timing_rounds,
+                                       paired=cca_name, policy=policy, progress=self.progress)
+            return {"samplers": best, "load": load}
+        timing = self.cache.run(f"{self.fc.family}_timing", tkey, measure)
+        for name, t in timing["samplers"].items():
+            records[name].update({"sec_per_image": t["sec_per_image"], "timing_load": t["sec_per_image_load"],
+                                  "timing_quiet": t["sec_per_image_quiet"]})
+            if "token_sec_per_image" in t:
+                records[name]["token_sec_per_image"] = t["token_sec_per_image"]
+        self.notes["timing_load"] = timing["load"]
+
+    def run(self, seeds: list[int], points: list[dict] = (), curves: bool = False) -> dict[str, dict]:
+        self.tokenizer()
+        self.codes()
+        self.base_model()
+        records = {}
+        for seed in seeds:
+            cca_model, cca_key, notes = self.cca_model(self.fc.cca, "cca" if seed == self.cfg.seed
+                                                       else f"cca_seed{seed}", seed)
+            self.notes.setdefault("cca", {})[str(seed)] = notes
+            pairs = self.variants(cca_model, cca_key, seed)
+            records.update({v.name: self.sample_and_score(v, key, seed) for v, key in pairs})
+            if seed == seeds[0]:
+                self.time(pairs, records)
+        self.notes["points"] = [self.extra_point(p) for p in points]
+        self.curve_runs = [self.curve_run(s, records) for s in
+                           curve_settings(self.fc.curve_lambdas, self.fc.cca.lambda_)] if curves else []
+        return records
+
+    def curve_run(self, settings: dict, records: dict) -> tuple[float, str, dict]:
+        """(lambda, variant name, scores) of one point of the lambda curve; {} is the main CCA run."""
+        if not settings:
+            name = f"{self.fc.family}_cca"
+            return self.fc.cca.lambda_, name, records[name]["scores"]
+        p = self.extra_point(settings)
+        return settings["lambda_"], p["name"], p["scores"]
+
+    def extra_point(self, settings: dict) -> dict:
+        """One extra CCA run with ``cca.<field> = value`` for each item of ``settings``, sampled guidance-free
+        with the configuration's seed and scored (not in the variants of metrics.json)."""
         cca_cfg = copy.deepcopy(self.fc.cca)
-        setattr(cca_cfg, field, type(getattr(cca_cfg, field))(value))
-        tag = f"cca_{field.rstrip('_')}{value:g}"
-        model, key, notes = self.cca_model(cca_cfg, tag)
+        for field, value in settings.items():
+            setattr(cca_cfg, field, type(getattr(cca_cfg, field))(value))
+        tag = "cca_" + "_".join(f"{field.rstrip('_')}{value:g}" for field, value in settings.items())
+        model, key, notes = self.cca_model(cca_cfg, tag, self.cfg.seed)
         gf = self.fam.guidance_free_cfg
         v = Variant(f"{self.fc.family}_{tag}", self.fc.family, "cca", False, gf,
                     *self.fam.sampler(model, self.tok, gf))
-        s = self.sample_and_score(v, key, classifier_key)
-        return {"family": self.fc.family, "field": field, "value": value, "cca": json.loads(json.dumps(
-            cca_cfg.__dict__)), **{k: s[k] for k in ("fid", "accuracy", "precision", "recall")}, "train": notes}
+        return {**self.sample_and_score(v, key, self.cfg.seed), "name": v.name, "settings": settings,
+                "cca": dataclasses.asdict(cca_cfg), "train": notes}
 
 
 def run_demo(cfg: DemoConfig, data_dir: Path, out_dir: Path, families: list[str], *, progress: bool = True,
-             sweep: list[tuple[str, str, list]] = ()) -> dict:
+             points: list[tuple[str, dict]] = (), seeds: int = 1, curves: bool = False) -> dict:
+    """Every stage of the named families; writes metrics.json and the report; returns the metrics."""
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out_dir / "cache")
     train, test = load_data(cfg, data_dir, cache)
-    ckey = key_of(cfg.image_size, cfg.train_images, cfg.classifier_epochs, cfg.seed)
-    cweights = cache.path("classifier", ".safetensors")
-
-    def train_cls() -> dict:
-        net = train_classifier(train.images, train.labels, image_size=cfg.image_size, epochs=cfg.classifier_epochs,
-                               seed=cfg.seed, progress=progress)
-        save_classifier(net, cweights)
-        return {"test_accuracy": accuracy(net, test.uint8_rgb(), test.labels), "train_images": len(train)}
-    cls_info = cache.run("classifier", ckey, train_cls, (cweights,))
-    net = load_classifier(cweights, cfg.image_size)
-    ref_feats = reference_features(net, test.uint8_rgb())
-    metrics = {"classifier_test_accuracy": cls_info["test_accuracy"], "variants": {}}
+    nets, net_info, net_keys = train_classifiers(cfg, train, test, cache, progress)
+    scorer = Scorer(nets, test.uint8_rgb(), key_of(net_keys, cfg.bootstrap_replicates, cfg.seed),
+                    cfg.bootstrap_replicates, cfg.seed)
+    run_seeds = [cfg.seed + k for k in range(seeds)]
+    metrics = {"machine": machine_description(), "feature_networks": net_info,
+               "bootstrap": {"replicates": cfg.bootstrap_replicates, "level": 0.95, "of": "the samples"},
+               "seeds": run_seeds, "variants": {}, "targets": {}, "seed_summary": {}, "curves": {}}
     notes = {}
     for name in families:
-        run = FamilyRun(cfg, cfg.family(name), cache, out_dir, train, test, net, progress)
-        metrics["variants"].update(run.run(ckey, ref_feats, [(f, v) for fam, f, v in sweep if fam == name]))
+        run = FamilyRun(cfg, cfg.family(name), cache, out_dir, train, test, scorer, progress)
+        metrics["variants"].update(run.run(run_seeds, [p for fam, p in points if fam == name], curves))
         notes[name] = run.notes
+        if curves:
+            metrics["curves"][name] = family_curve(metrics["variants"], name, cfg.seed, run.curve_runs)
+    replicates = functools.lru_cache(maxsize=None)(lambda rel: load_replicates(out_dir / rel))
+    for name in families:
+        metrics["targets"][name] = family_targets(metrics["variants"], name, cfg.seed, list(nets),
+                                                  lambda v: replicates(v["replicates"]))
+        if seeds > 1:
+            metrics["seed_summary"][name] = seed_summary(metrics["variants"], name, run_seeds, list(nets),
+                                                         lambda v: replicates(v["replicates"]))
+    metrics["threads"] = THREADS.summary()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    wall = time.perf_counter() - t0
     report.write_report(out_dir, metrics, notes=notes, cfg=cfg, stage_seconds=cache.seconds,
-                        skipped=cache.skipped, wall_seconds=wall)
+                        stage_threads=cache.threads, skipped=cache.skipped, wall_seconds=time.perf_counter() - t0,
+                        replicates=lambda v: replicates(v["replicates"]))
     return metrics

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cca.schedule import build_adamw
+from demo.cpuload import THREADS
 from LlamaGen.gpt import ModelArgs, Transformer
 from VAR.var import VAR
 from VAR.vqvae import VQVAE
@@ -78,6 +79,7 @@ def pretrain_ar(model: nn.Module, loss_fn, codes: torch.Tensor, labels: torch.Te
     bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     recent: list[float] = []
     for step in bar:
+        THREADS.adapt()
         idx = torch.randint(len(labels), (batch_size,), generator=gen)
         factor = min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in opt.param_groups:

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
+from demo.cpuload import THREADS, LoadMeter, wait_for_quiet
 from demo.tokenizers import llamagen_decode
 from LlamaGen.generate import generate as llamagen_generate
 from VAR.sampler import generate as var_generate
@@ -74,6 +75,7 @@ def sample_to_npz(variant: Variant, out_dir: Path, *, per_class: int, num_classe
     bar = tqdm(total=writer.num_pending(), desc=f"sample {variant.name}", disable=not progress, unit="img",
                dynamic_ncols=True)
     for indices in writer.pending_batches():
+        THREADS.adapt()
         t0 = time.perf_counter()
         with torch.inference_mode():
             images = variant.sample(torch.from_numpy(labels[indices]), seed * 1_000_003 + int(indices[0]))
@@ -105,26 +107,60 @@ def timing_schedule(variants: list[Variant], paired: str | None = None) -> list[
     return jobs
 
 
+@dataclass
+class TimingPolicy:
+    """When a timed batch counts as quiet and how long the stage may wait or repeat batches to get quiet ones."""
+    quiet_load: float = 0.1        # foreign cores (demo.cpuload) during a batch at most this: the batch is quiet
+    patience: float = 90.0         # seconds the stage may spend waiting for quiet and repeating loaded batches
+    retries: int = 2               # repeats of one loaded batch at most
+
+
+def _timed(fn, labels, seed: int) -> tuple[float, float]:
+    """(seconds, foreign load in cores) of one call."""
+    with LoadMeter() as m, torch.inference_mode():
+        fn(labels, seed)
+    return m.seconds, m.foreign
+
+
 def time_variants(variants: list[Variant], *, batch_size: int, rounds: int, paired: str | None = None,
-                  num_classes: int = 10, progress: bool = True) -> dict[str, dict[str, float]]:
-    """Seconds per image of each sampler, whole (tokens and decoding) and tokens only: the fastest of its timed
-    batches (``rounds`` rounds of ``timing_schedule``, each rotated by one job so background load hits the
-    samplers alike). One untimed warm-up each."""
+                  policy: TimingPolicy = TimingPolicy(), num_classes: int = 10, progress: bool = True
+                  ) -> tuple[dict[str, dict], dict]:
+    """Seconds per image of each sampler, whole (tokens and decoding) and tokens only: the fastest of its quiet
+    timed batches (``rounds`` rounds of ``timing_schedule``, each rotated by one job). A batch during which other
+    processes kept more than ``policy.quiet_load`` cores busy is repeated after waiting for a quiet moment, while
+    the stage's patience lasts. Returns ({name: {what: s / image, what + '_load': foreign cores during the kept
+    batch, what + '_quiet': bool}}, the load the stage saw)."""
     labels = torch.arange(batch_size) % num_classes
     jobs = timing_schedule(variants, paired)
-    best = {v.name: {} for v in variants}
+    best: dict[str, dict] = {v.name: {} for v in variants}
     with torch.inference_mode():
         for fn in {id(fn): fn for _, _, fn in jobs}.values():
             fn(labels[:min(8, batch_size)], 0)
+    loads, spent = [], 0.0
     bar = tqdm(total=rounds * len(jobs), desc="timing samplers", disable=not progress, dynamic_ncols=True)
     for r in range(rounds):
         shift = r % len(jobs)
         for name, what, fn in jobs[shift:] + jobs[:shift]:
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                fn(labels, 1000 + r)
-            seconds = (time.perf_counter() - t0) / batch_size
-            best[name][what] = min(best[name].get(what, float("inf")), seconds)
+            for attempt in range(policy.retries + 1):
+                seconds, load = _timed(fn, labels, 1000 + r)
+                loads.append(load)
+                quiet = load <= policy.quiet_load
+                _keep(best[name], what, seconds / batch_size, load, quiet)
+                if quiet or attempt == policy.retries or spent >= policy.patience:
+                    break
+                _, waited = wait_for_quiet(policy.quiet_load, timeout=min(10.0, policy.patience - spent))
+                spent += waited + seconds
             bar.update(1)
     bar.close()
-    return best
+    seen = np.asarray(loads, dtype=np.float64)
+    seen_summary = {"batches": len(loads), "loaded_batches": int((~(seen <= policy.quiet_load)).sum()),
+                     "median_load": float(np.median(seen)), "max_load": float(np.max(seen)),
+                     "seconds_waiting_or_repeating": spent, "quiet_load": policy.quiet_load}
+    return best, seen_summary
+
+
+def _keep(entry: dict, what: str, per_image: float, load: float, quiet: bool) -> None:
+    """Keeps the fastest quiet batch; a loaded one only while no quiet one exists."""
+    had_quiet = entry.get(what + "_quiet", False)
+    if (quiet and not had_quiet) or (quiet == had_quiet and per_image < entry.get(what, float("inf"))):
+        entry.update({what: per_image, what + "_load": load, what + "_quiet": quiet})

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cca.checkpoint import load_state_dict_file, load_strict, save_safetensors_atomic
+from demo.cpuload import THREADS
 
 
 class StageCache:
@@ -20,6 +21,7 @@ class StageCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.seconds: dict[str, float] = {}     # stage -> compute seconds (recorded when it ran)
+        self.threads: dict[str, dict] = {}      # stage -> {thread count: seconds} (recorded when it ran)
         self.skipped: list[str] = []
 
     def path(self, name: str, suffix: str) -> Path:
@@ -34,18 +36,24 @@ class StageCache:
                 meta = {}
             if meta.get("key") == key and all(Path(p).exists() for p in outputs):
                 self.seconds[name] = float(meta.get("seconds", 0.0))
+                self.threads[name] = meta.get("threads", {})
                 self.skipped.append(name)
                 self.log(f"[demo] {name}: cached ({meta.get('seconds', 0):.0f}s when computed)")
                 return meta["result"]
+        THREADS.adapt(force=True)
         self.log(f"[demo] {name}: running")
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), THREADS.usage()
         result = compute()
         seconds = time.perf_counter() - t0
         self.seconds[name] = seconds
+        self.threads[name] = {str(n): round(s - before.get(n, 0.0), 1) for n, s in THREADS.usage().items()
+                              if s - before.get(n, 0.0) >= 0.05}
         tmp = meta_path.with_name(meta_path.name + ".tmp")
-        tmp.write_text(json.dumps({"key": key, "seconds": seconds, "result": result}, indent=1))
+        tmp.write_text(json.dumps({"key": key, "seconds": seconds, "threads": self.threads[name], "result": result},
+                                  indent=1))
         os.replace(tmp, meta_path)
-        self.log(f"[demo] {name}: done in {seconds:.0f}s")
+        used = ", ".join(f"{s:.0f}s at {n}" for n, s in self.threads[name].items())
+        self.log(f"[demo] {name}: done in {seconds:.0f}s ({used} threads)")
         return result
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from demo.cpuload import THREADS
 from LlamaGen.vq_model import VQModel, VQModelArgs
 from VAR.vqvae import VQVAE
 
@@ -91,6 +92,7 @@ def train_llamagen_vq(vq: VQModel, images: torch.Tensor, *, steps: int, batch_si
     bar = tqdm(range(steps), desc="LlamaGen VQ", disable=not progress, dynamic_ncols=True)
     revived = 0
     for step in bar:
+        THREADS.adapt()
         x = images[torch.randint(len(images), (batch_size,), generator=gen)]              # (b, 3, S, S)
         z = vq.pre_quant(x)                                                              # (b, D, h, w)
         zq, (vq_loss, commit_loss, _, _), (_, _, idx) = vq.quantize(z)
@@ -124,6 +126,7 @@ def train_var_vqvae(vae: VQVAE, images: torch.Tensor, *, steps: int, batch_size:
     bar = tqdm(range(steps), desc="VAR VQVAE", disable=not progress, dynamic_ncols=True)
     revived = 0
     for step in bar:
+        THREADS.adapt()
         x = images[torch.randint(len(images), (batch_size,), generator=gen)]              # (b, 3, S, S)
         f = vae.img_to_features(x)                                                       # (b, Cvae, h, w)
         f_hat, vq_loss, picked = multiscale_quantise(vae, f)
