@@ -5,9 +5,10 @@
         --uncond_ratio=0.1 --keep_dropout --ref_ckpt=c2i_XXL_384.pt --code-path=/path/to/codes/ \
         --image-size=384 --gpt-model="GPT-XXL"
 
-Weights are consolidated on rank 0 into <run>/checkpoints/<step>.pt as the bare state dict (the original FSDP
-script's format, what upstream sample_c2i_ddp.py --from-fsdp reads), which LLamaGen_sample_ddp.py loads as-is;
-resumable state is <run>/resume.pt (--resume).
+Weights go to <run>/checkpoints/<step>.pt as the bare state dict (the original FSDP script's format, what upstream
+sample_c2i_ddp.py --from-fsdp reads; streamed one tensor at a time), which LLamaGen_sample_ddp.py loads as-is;
+resumable state is sharded per rank in <run>/resume/step-<step>/ (torch.distributed.checkpoint) and --resume
+works at any number of processes.
 """
 from LlamaGen.finetune_cli import main
 

@@ -4,11 +4,12 @@ released LlamaGen GPT on pre-extracted codes, through the shared trainer (cca/tr
 Flags follow the CCA release (``--global-batch-size --gradient-accumulation-step(s) --epochs --ckpt-every --lr
 --loss_type --expid --lambda_ --beta --uncond_ratio --keep_dropout --ref_ckpt --code-path --image-size
 --gpt-model``); outputs go to ``<results-dir>/<NNN>-<expid>-<gpt-model>/``: ``checkpoints/<step:07d>.pt`` and
-``resume.pt`` (resumable state). The weight files have the original scripts' formats: ``{"model": state_dict}``
-(+ ``"ema"``) from the DDP script, the bare state dict from the FSDP one (what upstream ``sample_c2i_ddp.py
---from-fsdp`` reads); LLamaGen_sample_ddp.py loads both. The recipe is the original's (docs/differences.md): the
-undivided micro-batch losses are backpropagated (their gradients add up) and the sum is clipped; the reference
-runs in train mode (dropout like the policy); no learning-rate schedule.
+``resume.pt`` (resumable state; FSDP: ``resume/step-<step>/``, sharded, cca/dcp.py). The weight files have the
+original scripts' formats: ``{"model": state_dict}`` (+ ``"ema"``) from the DDP script, the bare state dict from
+the FSDP one (what upstream ``sample_c2i_ddp.py --from-fsdp`` reads); LLamaGen_sample_ddp.py loads both. The
+recipe is the original's (docs/differences.md): the undivided micro-batch losses are backpropagated (their
+gradients add up) and the sum is clipped; the reference runs in train mode (dropout like the policy); no
+learning-rate schedule.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from cca import dcp
 from cca import dist as cdist
 from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
 from cca.compiling import compile_blocks
@@ -30,6 +32,7 @@ from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
 from LlamaGen.codes import CodeDataset, code_prefix, load_npy
+from LlamaGen.fsdp import DTYPES
 from LlamaGen.gpt import GPT_SIZES
 
 PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -56,7 +59,8 @@ def _add_training_flags(p: argparse.ArgumentParser, fsdp: bool) -> None:
                    help="optimizer steps between checkpoints (step 5000 is always saved, as originally)")
     t.add_argument("--ema", action="store_true", help="keep an EMA (decay 0.9999) of the policy (DDP script only)")
     t.add_argument("--resume", default=None,
-                   help="'auto' (latest run of this --expid/--gpt-model with resume.pt), a run folder, or resume.pt")
+                   help="'auto' (latest run of this --expid/--gpt-model with resumable state), a run folder, or its "
+                        "resume.pt (FSDP: a resume/step-* folder, from any number of processes)")
     t.add_argument("--no-local-save", action="store_true", help="write no checkpoints/<step>.pt weight files")
     t.add_argument("--no-compile", action="store_true", help="do not torch.compile the blocks (never on CPU)")
     t.add_argument("--no-tf32", action="store_true", help="full float32 CUDA matmuls (the original allows TF32)")
@@ -94,6 +98,9 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
     cca.add_argument("--ref-eval-mode", action="store_true",
                      help="run the frozen reference deterministically in eval mode (the original: train mode, with "
                           "the policy's dropout)")
+    cca.add_argument("--ref-dtype", choices=["fp32", "bf16"], default="fp32",
+                     help="dtype the frozen reference is held and run in (bf16: half its memory; its log-probs are "
+                          "still summed in fp32; the original: fp32)")
     cca.add_argument("--grad-accum-mean", action="store_true",
                      help="average the micro-batch gradients (the original adds them up, then clips the sum)")
     cca.add_argument("--roll-per-micro-batch", action="store_true",
@@ -166,15 +173,14 @@ def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | Non
         tag = f"{args.expid}-{args.gpt_model.replace('/', '-')}"
         resume = None
         if args.resume and args.resume != "auto":
-            given = Path(args.resume)
-            resume = given if given.is_file() else given / "resume.pt"
-            if not resume.is_file():
-                raise SystemExit(f"--resume {args.resume}: no resume.pt there")
-            folder = resume.parent
+            resume = dcp.find(args.resume)
+            if resume is None:
+                raise SystemExit(f"--resume {args.resume}: no resume.pt there (nor a resume/step-* checkpoint)")
+            folder = dcp.run_folder(resume)
         else:
-            runs = sorted(d for d in results.glob(f"[0-9][0-9][0-9]-{tag}") if (d / "resume.pt").is_file())
+            runs = sorted(d for d in results.glob(f"[0-9][0-9][0-9]-{tag}") if dcp.find(d) is not None)
             if args.resume == "auto" and runs:
-                folder, resume = runs[-1], runs[-1] / "resume.pt"
+                folder, resume = runs[-1], dcp.find(runs[-1])
             else:
                 index = len([d for d in results.iterdir() if d.is_dir()])
                 folder = results / f"{index:03d}-{tag}"
@@ -210,14 +216,15 @@ def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.
                  log: logging.Logger):
     """(policy, frozen reference copy) on the device, compiled per block on CUDA, sharded per block under FSDP."""
     reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
-    policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
+    policy, reference = policy.to(dist.device).float(), reference.to(dist.device, DTYPES[args.ref_dtype])
     if dist.device.type == "cuda" and not args.no_compile:
         compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
     if fsdp:
         from LlamaGen.fsdp import shard_gpt
         grads = args.grad_precision or PRECISION[args.mixed_precision]
         policy = shard_gpt(policy, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
-        reference = shard_gpt(reference, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
+        ref_precision = "bf16" if args.ref_dtype == "bf16" else PRECISION[args.mixed_precision]
+        reference = shard_gpt(reference, args.data_parallel, ref_precision, grads, dist)
     return policy, reference
 
 
@@ -265,17 +272,21 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     cfg = train_config(args, dist.world_size, folder, resume, fsdp)
     trainer: Trainer | None = None
 
+    def weights_path(step: int) -> Path:
+        return folder / "checkpoints" / f"{step:07d}.pt"
+
     def export(state_dict: dict, step: int, final: bool) -> None:
-        if args.no_local_save:
-            return
-        weights = {k: v.detach().cpu() for k, v in state_dict.items()}
-        ckpt = weights if fsdp else {"model": weights}     # the originals' formats
+        """The DDP script's {"model": weights} (+ "ema"); the FSDP one streams the bare state dict (cca/dcp.py)."""
+        ckpt = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}}
         if trainer is not None and trainer.ema is not None:
             ckpt["ema"] = {k: v.to(state_dict[k].dtype) for k, v in trainer.ema.items()}
-        path = save_atomic(ckpt, folder / "checkpoints" / f"{step:07d}.pt")
+        path = save_atomic(ckpt, weights_path(step))
         log.info("saved %s%s", path, " (final)" if final else "")
 
-    trainer = Trainer(policy, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist, export=export)
+    save = not args.no_local_save
+    trainer = Trainer(policy, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist,
+                      export=export if save and not fsdp else None,
+                      weights_path=weights_path if save and fsdp else None)
     try:
         trainer.fit(dataset)
     except CheckpointError as e:      # --resume file unusable: one line, like every other bad input

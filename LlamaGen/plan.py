@@ -55,11 +55,13 @@ def meta_gpt(args: argparse.Namespace, dropout: bool) -> Transformer:
 
 
 def gpt_finetune(model: Transformer, *, precision: str, mode: str, world: int, shard: int, micro: int,
-                 accum: int, joint: bool, ema: bool = False, device: str = "cuda") -> plan.Finetune:
+                 accum: int, joint: bool, ema: bool = False, device: str = "cuda", ref_bytes: int = plan.FP32
+                 ) -> plan.Finetune:
     T = model.config.block_size
     return plan.Finetune(net=gpt_net(model), act=activations(model.config, precision, device), precision=precision,
                          world=world, shard=shard, mode=mode, micro=micro, accum=accum, joint=joint, ema=ema,
-                         device=device, batch_bytes_per_row=2 * 8 * T)    # codes as inputs and targets (int64)
+                         device=device, ref_bytes=ref_bytes,
+                         batch_bytes_per_row=2 * 8 * T)    # codes as inputs and targets (int64)
 
 
 def finetune_setup(args: argparse.Namespace, fsdp: bool, world: int, per_node: int) -> plan.Finetune:
@@ -75,7 +77,8 @@ def finetune_setup(args: argparse.Namespace, fsdp: bool, world: int, per_node: i
         mode, shard, precision = "ddp", 1, "fp32" if args.mixed_precision == "none" else "amp"
     return gpt_finetune(meta_gpt(args, args.keep_dropout), precision=precision, mode=mode, world=world,
                         shard=shard, micro=args.global_batch_size // world // args.grad_accum, accum=args.grad_accum,
-                        joint=args.joint_halves or not is_separable(args.loss_type), ema=args.ema)
+                        joint=args.joint_halves or not is_separable(args.loss_type), ema=args.ema,
+                        ref_bytes=plan.HALF if args.ref_dtype == "bf16" else plan.FP32)
 
 
 def gpt_sampling(gpt: Transformer, vq: torch.nn.Module, *, half: bool, guided: bool, batch: int, world: int,

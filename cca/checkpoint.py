@@ -152,7 +152,9 @@ def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source
     return model
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """``write(tmp)`` to a temp file beside ``path``, fsync, then rename into place (also removes temp files a
+    process killed mid-save left there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):   # left by a process killed mid-save
@@ -173,18 +175,18 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temp file beside ``path``, fsync, then rename: a crash never leaves a half-written file."""
-    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Text written to a temp file beside ``path``, fsync, rename (readers never see half a file)."""
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def check_writable_dir(path: str | os.PathLike, flag: str) -> Path:

@@ -4,9 +4,9 @@ allocated). Pure functions over small descriptions; the families fill them in (V
 
 The memory model follows what the code does (docs/sizing.md has the derivation and the CPU check):
 
-* state: the policy and the frozen reference as fp32 master weights, fp32 gradients (plus DDP's gradient buckets,
-  as large again, when several processes run), AdamW's two fp32 moments, an fp32 EMA copy if asked; FSDP shards
-  all of these over its shard group.
+* state: the policy and the frozen reference as fp32 master weights (LlamaGen's --ref-dtype bf16: the reference in
+  bf16), fp32 gradients (plus DDP's gradient buckets, as large again, when several processes run), AdamW's two fp32
+  moments, an fp32 EMA copy if asked; FSDP shards all of these over its shard group.
 * transient, the largest of: the policy pass of one half (b rows) or of both (2b rows, --joint halves or DPO),
   which holds the saved activations, the fp32 logits and their gradient, and under autocast a half-precision copy
   of every linear weight; the reference's inference-mode pass over 2b rows (no saved activations, but its logits);
@@ -67,6 +67,7 @@ class Finetune:
     ema: bool = False
     device: str = "cuda"
     frozen_bytes: int = 0     # other frozen modules on the device (VAR's VQVAE)
+    ref_bytes: int = FP32     # bytes per parameter of the frozen reference (LlamaGen --ref-dtype bf16: 2)
     batch_bytes_per_row: float = 0.0     # inputs and targets of one row, held through the step
     prepare_bytes_per_row: float = 0.0   # turning one data row into tokens (VAR: the VQVAE encoder)
     prepare_flops_per_row: float = 0.0
@@ -143,9 +144,10 @@ def _param_bytes(s: Finetune) -> int:
 
 def _weight_bytes(s: Finetune) -> int:
     """Policy + reference (+ frozen tokenizer); with sdp the reference, never resharded after its forward, stays
-    unsharded too."""
-    kept = _param_bytes(s) * (s.net.params - s.net.root_params) if s.mode == "sdp" and s.world > 1 else 0
-    return 2 * FP32 * s.net.params // s.shard + s.frozen_bytes + kept
+    unsharded too (in its own dtype when that is the smaller)."""
+    kept_bytes = min(_param_bytes(s), s.ref_bytes)
+    kept = kept_bytes * (s.net.params - s.net.root_params) if s.mode == "sdp" and s.world > 1 else 0
+    return (FP32 + s.ref_bytes) * s.net.params // s.shard + s.frozen_bytes + kept
 
 
 def _grad_bytes(s: Finetune) -> int:

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from cca import dcp
 from cca import dist as cdist
 from cca import train_state
-from cca.checkpoint import CheckpointError, check_free_space, check_writable_dir, load_file_raw, save_atomic
+from cca.checkpoint import check_free_space, check_writable_dir, save_atomic
 from cca.conditions import make_conditions
 from cca.data import ResumableBatchSampler, SeededFetch
 from cca.loss import compute_loss, is_separable, sequence_logprob
@@ -50,9 +51,10 @@ class Hooks:
 class Trainer:
     def __init__(self, policy: nn.Module, reference: nn.Module, adapter: Adapter, cfg: TrainConfig, *,
                  dist: cdist.Dist | None = None, export: Callable[[dict, int, bool], None] | None = None,
-                 hooks: Hooks | None = None):
+                 hooks: Hooks | None = None, weights_path: Callable[[int], Path] | None = None):
         cfg.validate()
         self.cfg, self.adapter, self.export, self.hooks = cfg, adapter, export, hooks or Hooks()
+        self.weights_path = weights_path
         self.dist = dist or cdist.init()
         self.device = self.dist.device
         self.out_dir = check_writable_dir(cfg.out_dir, "--out_dir") if self.dist.is_main else Path(cfg.out_dir)
@@ -233,22 +235,25 @@ class Trainer:
             self.scaler.update()
 
     # ------------------------------------------------------------------ state
+    def _loop_state(self) -> dict:
+        return {"scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch, "batch_in_epoch":
+                self.batch_in_epoch, "config": json.loads(json.dumps(dataclasses.asdict(self.cfg), default=str))}
+
     def save(self, final: bool = False) -> None:
-        """Resumable state (out_dir/resume.pt) plus the plain weights through ``export``; collective call."""
-        fsdp = self.cfg.parallel == "fsdp"
-        model_sd = train_state.model_state(self.policy, fsdp)
-        optim_sd = train_state.optim_state(self.policy, self.optimizer, fsdp)
-        rng = [None] * self.dist.world_size
+        """Resumable state (out_dir/resume.pt) and weights through ``export(state dict, step, final)`` on rank 0;
+        FSDP: state sharded in out_dir/resume/, weights streamed by all ranks to ``weights_path(step)``. Collective."""
         mine = {"rng": train_state.rng_state(), "cond_gen": self.cond_gen.get_state()}
-        if self.dist.world_size > 1:
-            torch.distributed.all_gather_object(rng, mine)
-        else:
-            rng = [mine]
+        if self.cfg.parallel == "fsdp":
+            dcp.save(self.out_dir / dcp.ROOT, self.step, self.policy, self.optimizer, self._loop_state(), mine,
+                     self.dist)
+            if self.weights_path is not None:
+                dcp.export_weights(self.policy, self.weights_path(self.step), self.dist)
+            return
+        model_sd, optim_sd = train_state.model_state(self.policy), self.optimizer.state_dict()
+        rng = train_state.all_ranks(mine)
         if self.dist.is_main:
-            state = {"model": model_sd, "optimizer": optim_sd, "scaler": self.scaler.state_dict(),
-                     "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                     "rng_per_rank": rng, "world_size": self.dist.world_size,
-                     "config": json.loads(json.dumps(dataclasses.asdict(self.cfg), default=str))}
+            state = {"model": model_sd, "optimizer": optim_sd, **self._loop_state(), "rng_per_rank": rng,
+                     "world_size": self.dist.world_size}
             if self.ema is not None:
                 state["ema"] = self.ema
             save_atomic(state, self.out_dir / "resume.pt")
@@ -259,21 +264,18 @@ class Trainer:
         cdist.barrier()
 
     def load(self, path: str | Path) -> None:
-        state = load_file_raw(path)
-        if not isinstance(state, dict) or "optimizer" not in state or "step" not in state:
-            raise CheckpointError(f"{path}: not a resumable checkpoint of this trainer (expected resume.pt)")
-        train_state.set_model_and_optim(self.policy, self.optimizer, state, self.cfg.parallel == "fsdp", str(path))
+        """Resume from a resume.pt file or a sharded checkpoint folder (cca/dcp.py, any world size)."""
+        state, rng = train_state.load(path, self.policy, self.optimizer, self.cfg.parallel == "fsdp", self.dist)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         if "ema" in state and self.ema is not None:
             self.ema = {k: v.float() for k, v in state["ema"].items()}
-        per_rank = state["rng_per_rank"]
-        if len(per_rank) == self.dist.world_size:
-            train_state.set_rng_state(per_rank[self.dist.rank]["rng"])
-            self.cond_gen.set_state(per_rank[self.dist.rank]["cond_gen"])
+        if rng is not None:
+            train_state.set_rng_state(rng["rng"])
+            self.cond_gen.set_state(rng["cond_gen"])
         elif self.dist.is_main:
             self.log.warning("resuming with world size %d from a run with %d: random streams restart",
-                             self.dist.world_size, len(per_rank))
+                             self.dist.world_size, state["world_size"])
 
     # ------------------------------------------------------------------ loop
     def _setup_logging(self) -> None:
@@ -332,7 +334,7 @@ class Trainer:
         total = min(epoch_steps, cfg.max_steps) if cfg.max_steps and cfg.max_steps > 0 else epoch_steps
         resume = cfg.resume
         if resume == "auto":
-            resume = str(self.out_dir / "resume.pt") if (Path(cfg.out_dir) / "resume.pt").exists() else None
+            resume = str(found) if (found := dcp.find(cfg.out_dir)) is not None else None
         if resume:
             self.load(resume)
         self._setup_logging()

@@ -69,7 +69,7 @@ def test_extract_finetune_ddp_fsdp_sample(assets):
     _finetune(assets, "LlamaGen_finetune.py", "ddp", "--mixed-precision", "none")
     _finetune(assets, "LlamaGen_finetune_fsdp.py", "fsdp", "--mixed-precision", "none")
     ddp_dir, fsdp_dir = results / "000-ddp-GPT-debug", results / "001-fsdp-GPT-debug"
-    assert (ddp_dir / "resume.pt").is_file() and (fsdp_dir / "resume.pt").is_file()
+    assert (ddp_dir / "resume.pt").is_file() and (fsdp_dir / "resume" / "step-0000002" / ".metadata").is_file()
     ddp, fsdp, ref = (_weights(ddp_dir / "checkpoints/0000002.pt"), _weights(fsdp_dir / "checkpoints/0000002.pt"),
                       _weights(assets["ref"]))
     # FSDP's consolidated file is a bare float32 state dict (the original FSDP script's format): the whole file
@@ -85,9 +85,10 @@ def test_extract_finetune_ddp_fsdp_sample(assets):
     assert max((ddp[k] - ref[k]).abs().max().item() for k in ref) > 1e-4
     assert all(torch.allclose(fsdp[k], ddp[k], atol=1e-6, rtol=1e-5) for k in ddp)
 
-    # one more FSDP step after a resume, in bf16 mixed precision and with dropout: saved weights stay float32
+    # one more FSDP step after a resume, in bf16 mixed precision, with dropout and a bf16 reference: saved weights
+    # stay float32
     out = _finetune(assets, "LlamaGen_finetune_fsdp.py", "fsdp", "--mixed-precision", "bf16", "--resume", "auto",
-                    "--keep_dropout", "--max-steps", "3", "--epochs", "3")
+                    "--keep_dropout", "--max-steps", "3", "--epochs", "3", "--ref-dtype", "bf16")
     assert "resumed at step 2" in out
     step3 = _weights(fsdp_dir / "checkpoints/0000003.pt")
     assert all(v.dtype == torch.float32 for v in step3.values()) and not torch.equal(step3["norm.weight"],

@@ -39,9 +39,11 @@ def assert_close_and_moved(one: dict, two: dict, ref: dict, what: str) -> None:
     assert moved > 100 * max(worst, 1e-6), f"{what}: training moved the weights by only {moved:.3g}"
 
 
-def write_paired_codes(code_path: Path, n: int, per_rank: int, seed: int, tokens: int = 16, vocab: int = 64) -> None:
-    """n code files whose labels make both halves of every global batch of epoch 0 carry the same label sequence."""
-    order = list(ResumableBatchSampler(n, 2 * per_rank, seed=seed))        # 1-process view of epoch 0
+def write_paired_codes(code_path: Path, n: int, per_rank: int, seed: int, tokens: int = 16, vocab: int = 64,
+                       global_batch: int = 0) -> None:
+    """n code files whose labels make every per-rank slice of every global batch (default 2 x per_rank) of epoch 0
+    carry the same label sequence."""
+    order = list(ResumableBatchSampler(n, global_batch or 2 * per_rank, seed=seed))   # 1-process view of epoch 0
     rng = np.random.default_rng(3)
     (code_path / "imagenet64_codes").mkdir(parents=True)
     (code_path / "imagenet64_labels").mkdir(parents=True)
