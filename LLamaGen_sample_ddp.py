@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from cca import dist as cdist
 from cca.checkpoint import check_writable_dir, require_checkpoint
 from cca.compiling import compile_blocks
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
 from cca.plan import add_dry_run_args
 from cca.sampling import ShardedNpzWriter, balanced_labels, random_labels, to_uint8_nhwc
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights, load_vq
@@ -76,16 +78,16 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, path in (("--vq-ckpt", args.vq_ckpt), ("--gpt-ckpt/--ckpt_path", args.gpt_ckpt)):
         require_checkpoint(path, flag)
     if args.image_size <= 0 or args.image_size % args.downsample_size:
-        raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
+        raise UsageError(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
                          f"{args.downsample_size}")
     for flag, value in (("--per-proc-batch-size", args.per_proc_batch_size), ("--num-fid-samples",
                         args.num_fid_samples), ("--image-size-eval", args.image_size_eval)):
         if value < 1:
-            raise SystemExit(f"{flag} must be >= 1, got {value}")
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     if args.cfg_scale < 1.0:
-        raise SystemExit(f"--cfg-scale must be >= 1 (1 = guidance-free), got {args.cfg_scale}")
+        raise UsageError(f"--cfg-scale must be >= 1 (1 = guidance-free), got {args.cfg_scale}")
     if not 0.0 < args.top_p <= 1.0 or args.temperature <= 0 or args.top_k < 0:
-        raise SystemExit("--top-p must be in (0, 1], --temperature > 0, --top-k >= 0")
+        raise UsageError("--top-p must be in (0, 1], --temperature > 0, --top-k >= 0")
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -115,6 +117,7 @@ def make_writer(args: argparse.Namespace, name: str, dist: cdist.Dist, dtype: to
                             settings=sample_settings(args, dtype))
 
 
+@exits_on_errors
 @torch.no_grad()   # scoped: a caller's grad mode is back after main returns or raises (not a global switch)
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
 
     vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, device)
     if vq.downsample != args.downsample_size:
-        raise SystemExit(f"--downsample-size {args.downsample_size}: the tokenizer downsamples by {vq.downsample}")
+        raise UsageError(f"--downsample-size {args.downsample_size}: the tokenizer downsamples by {vq.downsample}")
     gpt = build_gpt(args.gpt_model, vocab_size=args.codebook_size, image_size=args.image_size,
                     downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta")
     load_gpt_weights(gpt, args.gpt_ckpt, flag="--gpt-ckpt/--ckpt_path")

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
 from cca.plan import add_dry_run_args
 
 
@@ -112,30 +114,27 @@ def check_args(args: argparse.Namespace, world: int) -> int:
     for flag, value in (("--depth", args.depth), ("--bs", args.bs), ("--ac", args.ac), ("--ep", args.ep),
                         ("--num_classes", args.num_classes)):
         if value < 1:
-            raise SystemExit(f"{flag}: must be a positive integer, got {value}")
-    if not 0.0 <= args.uncond_ratio < 1.0:
-        raise SystemExit(f"--uncond_ratio: must be in [0, 1), got {args.uncond_ratio}")
+            raise UsageError(f"{flag}: must be a positive integer, got {value}")
+    from cca.train_config import check_loss_settings
+    check_loss_settings(args.loss_type, args.uncond_ratio)
     from cca.schedule import check_schedule
     try:
         check_schedule(args.sche)
     except ValueError as e:
-        raise SystemExit(f"--sche: {e}") from None
+        raise UsageError(f"--sche: {e}") from None
     from cca.checkpoint import require_checkpoint
-    from cca.loss import LOSS_TYPES
-    if args.loss_type.lower() not in {t.lower() for t in LOSS_TYPES}:
-        raise SystemExit(f"--loss_type: expected one of {', '.join(LOSS_TYPES)}, got {args.loss_type!r}")
     for flag, path in (("--ref_ckpt", args.ref_ckpt), ("--vae_ckpt", args.vae_ckpt)):
         require_checkpoint(path, flag)
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
-        raise SystemExit(f"--resume: {args.resume} not found (expected the resume.pt of an earlier run, or no value "
+        raise UsageError(f"--resume: {args.resume} not found (expected the resume.pt of an earlier run, or no value "
                          f"for <run folder>/resume.pt)")
     out = (Path(args.local_out_dir) / args.exp_name).absolute()
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise SystemExit(f"--local_out_dir: cannot create {out} ({existing} is not a writable folder)")
+        raise UsageError(f"--local_out_dir: cannot create {out} ({existing} is not a writable folder)")
     micro = round(args.bs / args.ac / world)
     if micro < 1:
-        raise SystemExit(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty per-process "
+        raise UsageError(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty per-process "
                          f"batch (need --bs >= --ac x processes)")
     return micro
 
@@ -183,6 +182,7 @@ def build_models(args: argparse.Namespace, patch_nums: tuple[int, ...], device: 
     return vae.to(device), *models
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.dry_run:
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     patch_nums = parse_patch_nums(args.pn)
 
     from cca import dist as cdist
-    from cca.checkpoint import CheckpointError, save_atomic
+    from cca.checkpoint import save_atomic
+    from cca.parallel import parallelize
     from cca.trainer import Trainer
     from VAR.adapter import VARAdapter
     from VAR.data import build_train_dataset
@@ -203,14 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_train_dataset(args.data_path, patch_nums[-1] * 16, mid_reso=args.mid_reso, hflip=args.hflip,
                                   num_classes=args.num_classes)
     if steps_per_epoch(args, d.world_size, len(dataset)) == 0:
-        raise SystemExit(f"--data_path: {len(dataset)} images are fewer than one global batch "
+        raise UsageError(f"--data_path: {len(dataset)} images are fewer than one global batch "
                          f"({d.world_size} x {micro * args.ac}); lower --bs")
     seed = args.seed * d.world_size + d.rank
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-    try:   # heavy part: models on the meta device, then the checkpoints' tensors
-        vae, policy, reference = build_models(args, patch_nums, d.device)
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
+    vae, policy, reference = build_models(args, patch_nums, d.device)   # on meta first, then the files' tensors
 
     out_dir = Path(args.local_out_dir) / args.exp_name
     cfg = train_config(args, d.world_size, len(dataset), out_dir)
@@ -218,16 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     def export(state_dict: dict, step: int, final: bool) -> None:
         save_atomic(state_dict, out_dir / "ar-ckpt-last.pth")
 
-    trainer = Trainer(policy, reference, VARAdapter(vae, args.num_classes), cfg, dist=d, export=export)
+    model = parallelize(policy, cfg.parallel, d)
+    trainer = Trainer(model, reference, VARAdapter(vae, args.num_classes), cfg, dist=d, export=export)
     if d.is_main:
         steps = args.ep * steps_per_epoch(args, d.world_size, len(dataset))
         print(f"[VAR_finetune] depth {args.depth}, {len(dataset)} images in {args.num_classes} classes, "
               f"{d.world_size} process(es) x {micro} rows x {args.ac} accumulation, lr {cfg.lr:.3g}, "
               f"{min(steps, args.max_steps or steps)} steps -> {out_dir}", flush=True)
-    try:
-        trainer.fit(dataset)
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
+    trainer.fit(dataset)
     if d.is_main:
         print(f"[VAR_finetune] done: {out_dir / 'ar-ckpt-last.pth'}", flush=True)
     cdist.cleanup()

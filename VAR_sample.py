@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
 from cca.plan import add_dry_run_args
 from VAR_finetune import flag_bool
 
@@ -74,28 +76,25 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--depth", args.depth), ("--num_per_class", args.num_per_class),
                         ("--num_classes", args.num_classes), ("--batch_size", args.batch_size)):
         if value < 1:
-            raise SystemExit(f"{flag}: must be a positive integer, got {value}")
+            raise UsageError(f"{flag}: must be a positive integer, got {value}")
     if args.top_k < 0 or not 0.0 <= args.top_p <= 1.0:
-        raise SystemExit(f"--top_k must be >= 0 and --top_p in [0, 1], got {args.top_k} / {args.top_p}")
+        raise UsageError(f"--top_k must be >= 0 and --top_p in [0, 1], got {args.top_k} / {args.top_p}")
     for flag, path in (("--ckpt_path", args.ckpt_path), ("--vae_ckpt", args.vae_ckpt)):
         require_checkpoint(path, flag)
 
 
 def load_models(args: argparse.Namespace, patch_nums: tuple[int, ...], device: torch.device):
     """(vae, var) for sampling, built on meta and loaded strictly from --vae_ckpt / --ckpt_path, in eval mode."""
-    from cca.checkpoint import CheckpointError
     from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
-    try:
-        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
-        load_vae_weights(vae, args.vae_ckpt)
-        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
-                        shared_aln=args.saln, cond_drop_rate=0.0, device="meta")
-        load_var_weights(var, args.ckpt_path, flag="--ckpt_path")
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
+    vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
+    load_vae_weights(vae, args.vae_ckpt)
+    var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
+                    shared_aln=args.saln, cond_drop_rate=0.0, device="meta")
+    load_var_weights(var, args.ckpt_path, flag="--ckpt_path")
     return vae.to(device).eval(), var.to(device).eval().requires_grad_(False)
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.dry_run:

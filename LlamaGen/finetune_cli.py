@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import os
 from pathlib import Path
@@ -21,11 +22,14 @@ from pathlib import Path
 import torch
 
 from cca import dist as cdist
-from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
+from cca.checkpoint import check_writable_dir, require_checkpoint, save_atomic
+from cca.cli import exits_on_errors
 from cca.compiling import compile_blocks
+from cca.errors import UsageError
 from cca.loss import LOSS_TYPES
+from cca.parallel import parallelize
 from cca.plan import add_dry_run_args
-from cca.train_config import TORCH_FP16_SCALER
+from cca.train_config import TORCH_FP16_SCALER, check_loss_settings
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
@@ -124,24 +128,21 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace, world: int, fsdp: bool = False) -> None:
     """One-line errors for bad flags, before any heavy work."""
     if fsdp and args.ema:
-        raise SystemExit("--ema is only supported by LlamaGen_finetune.py (DDP), not with FSDP")
-    if args.loss_type.lower() not in {n.lower() for n in LOSS_TYPES}:
-        raise SystemExit(f"--loss_type: unknown {args.loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
+        raise UsageError("--ema is only supported by LlamaGen_finetune.py (DDP), not with FSDP")
+    check_loss_settings(args.loss_type, args.uncond_ratio)
     require_checkpoint(args.ref_ckpt, "--ref_ckpt")
     if args.image_size <= 0 or args.image_size % args.downsample_size:
-        raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
+        raise UsageError(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
                          f"{args.downsample_size}")
     if args.grad_accum < 1:
-        raise SystemExit(f"--gradient-accumulation-steps must be >= 1, got {args.grad_accum}")
+        raise UsageError(f"--gradient-accumulation-steps must be >= 1, got {args.grad_accum}")
     if args.global_batch_size < 1 or args.global_batch_size % (world * args.grad_accum):
-        raise SystemExit(f"--global-batch-size {args.global_batch_size} must be divisible by world size {world} x "
+        raise UsageError(f"--global-batch-size {args.global_batch_size} must be divisible by world size {world} x "
                          f"--gradient-accumulation-steps {args.grad_accum}")
-    if not 0.0 <= args.uncond_ratio < 1.0:
-        raise SystemExit(f"--uncond_ratio must be in [0, 1), got {args.uncond_ratio}")
     if args.lr <= 0 or args.epochs <= 0:
-        raise SystemExit("--lr and --epochs must be positive")
+        raise UsageError("--lr and --epochs must be positive")
     if args.max_grad_norm < 0:
-        raise SystemExit(f"--max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
+        raise UsageError(f"--max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
 
 
 def check_codes(dataset: CodeDataset, vocab_size: int, code_path: str, num_classes: int) -> None:
@@ -151,10 +152,10 @@ def check_codes(dataset: CodeDataset, vocab_size: int, code_path: str, num_class
         codes, labels = (load_npy(folder / f"{i}.npy", f"--code-path {code_path}")
                          for folder in (dataset.codes_dir, dataset.labels_dir))
         if codes.min() < 0 or codes.max() >= vocab_size:
-            raise SystemExit(f"--code-path {code_path}: {dataset.codes_dir.name}/{i}.npy has code {int(codes.max())}"
+            raise UsageError(f"--code-path {code_path}: {dataset.codes_dir.name}/{i}.npy has code {int(codes.max())}"
                              f" outside [0, {vocab_size}); pass the tokenizer's --vocab-size")
         if labels.size != 1 or not 0 <= int(labels.reshape(-1)[0]) < num_classes:
-            raise SystemExit(f"--code-path {code_path}: {dataset.labels_dir.name}/{i}.npy holds {labels.tolist()}; "
+            raise UsageError(f"--code-path {code_path}: {dataset.labels_dir.name}/{i}.npy holds {labels.tolist()}; "
                              f"expected one class label in [0, {num_classes}) (--num-classes)")
 
 
@@ -169,7 +170,7 @@ def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | Non
             given = Path(args.resume)
             resume = given if given.is_file() else given / "resume.pt"
             if not resume.is_file():
-                raise SystemExit(f"--resume {args.resume}: no resume.pt there")
+                raise UsageError(f"--resume {args.resume}: no resume.pt there")
             folder = resume.parent
         else:
             runs = sorted(d for d in results.glob(f"[0-9][0-9][0-9]-{tag}") if (d / "resume.pt").is_file())
@@ -208,17 +209,20 @@ def build_policy(args: argparse.Namespace, fsdp: bool) -> torch.nn.Module:
 
 def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.Dist, fsdp: bool,
                  log: logging.Logger):
-    """(policy, frozen reference copy) on the device, compiled per block on CUDA, sharded per block under FSDP."""
+    """(model to train, frozen reference copy) on the device, compiled per block on CUDA; the model DDP-wrapped
+    or (FSDP) both sharded per block."""
     reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
     policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
     if dist.device.type == "cuda" and not args.no_compile:
         compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
+    shard = None
     if fsdp:
         from LlamaGen.fsdp import shard_gpt
         grads = args.grad_precision or PRECISION[args.mixed_precision]
-        policy = shard_gpt(policy, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
-        reference = shard_gpt(reference, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
-    return policy, reference
+        shard = functools.partial(shard_gpt, data_parallel=args.data_parallel,
+                                  param_precision=PRECISION[args.mixed_precision], grad_precision=grads, dist=dist)
+    model = parallelize(policy, "fsdp" if fsdp else "ddp", dist, shard=shard)
+    return model, reference if shard is None else shard(reference)
 
 
 def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str | None,
@@ -240,6 +244,7 @@ def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str
                        extra=vars(args))
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     args = build_parser(fsdp).parse_args(argv)
     if args.dry_run:
@@ -258,10 +263,10 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     if args.ref_eval_mode and not args.keep_dropout:
         log.warning("--ref-eval-mode without --keep_dropout switches off only the reference's label dropout (1e-5)")
-    policy, reference = place_models(policy, args, dist, fsdp, log)
+    model, reference = place_models(policy, args, dist, fsdp, log)
     if dist.is_main:
         log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,
-                 f"{sum(p.numel() for p in policy.parameters()):,}", len(dataset), folder)
+                 f"{sum(p.numel() for p in model.parameters()):,}", len(dataset), folder)
     cfg = train_config(args, dist.world_size, folder, resume, fsdp)
     trainer: Trainer | None = None
 
@@ -275,9 +280,6 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
         path = save_atomic(ckpt, folder / "checkpoints" / f"{step:07d}.pt")
         log.info("saved %s%s", path, " (final)" if final else "")
 
-    trainer = Trainer(policy, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist, export=export)
-    try:
-        trainer.fit(dataset)
-    except CheckpointError as e:      # --resume file unusable: one line, like every other bad input
-        raise SystemExit(str(e)) from None
+    trainer = Trainer(model, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist, export=export)
+    trainer.fit(dataset)
     cdist.cleanup()

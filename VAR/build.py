@@ -16,6 +16,7 @@ from cca.checkpoint import CheckpointError, load_state_dict_file, load_strict
 
 from .var import VAR
 from .vqvae import VQVAE
+from cca.errors import UsageError
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 RELEASED_DEPTHS = (16, 20, 24, 30)
@@ -69,14 +70,14 @@ def build_vae_var(device: str | torch.device = "cpu", patch_nums: Sequence[int] 
 
 
 def parse_patch_nums(pn: str) -> tuple[int, ...]:
-    """--pn: "256", "512" or sizes like "1_2_3_4" -> (1, 2, 3, 4); SystemExit with one line otherwise."""
+    """--pn: "256", "512" or sizes like "1_2_3_4" -> (1, 2, 3, 4); UsageError (one line) otherwise."""
     named = {"256": "1_2_3_4_5_6_8_10_13_16", "512": "1_2_3_4_6_9_13_18_24_32"}
     try:
         nums = tuple(int(x) for x in named.get(pn, pn).replace("-", "_").split("_"))
     except ValueError:
-        raise SystemExit(f"--pn: expected 256, 512 or sizes like 1_2_3_4, got {pn!r}") from None
+        raise UsageError(f"--pn: expected 256, 512 or sizes like 1_2_3_4, got {pn!r}") from None
     if not nums or any(b <= a for a, b in zip(nums, nums[1:])) or nums[0] < 1:
-        raise SystemExit(f"--pn: expected increasing positive sizes, got {pn!r}")
+        raise UsageError(f"--pn: expected increasing positive sizes, got {pn!r}")
     return nums
 
 

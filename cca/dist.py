@@ -10,6 +10,7 @@ import torch
 import torch.distributed as tdist
 
 from cca.cpu_memory import keep_freed_memory
+from cca.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def _pick_device(local_rank: int, want: str | None) -> torch.device:
     if want and want != "auto":
         dev = torch.device(want)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit(f"--device {want}: CUDA is not available on this machine")
+            raise UsageError(f"--device {want}: CUDA is not available on this machine")
         return torch.device("cuda", local_rank) if dev.type == "cuda" and dev.index is None else dev
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())

@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cca.conditions import make_conditions
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
 from cca.loss import compute_loss, sequence_logprob
 
 _FAMILY_OF_KIND = {"var_vqvae": "VAR.parity", "var_transformer": "VAR.parity",
@@ -119,7 +121,7 @@ def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
     fixture_dir = Path(fixture_dir)
     cfg_path = fixture_dir / "config.json"
     if not cfg_path.is_file():
-        raise SystemExit(f"cca.parity: {cfg_path} not found (FIXTURE_DIR must hold config.json and the safetensors)")
+        raise UsageError(f"cca.parity: {cfg_path} not found (FIXTURE_DIR must hold config.json and the safetensors)")
     config = json.loads(cfg_path.read_text())
     kind = config.get("fixture")
     if kind == "cca_loss":
@@ -128,7 +130,7 @@ def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
         fn = importlib.import_module(_FAMILY_OF_KIND[kind]).PARITY[kind]
     else:
         known = ", ".join(["cca_loss", *_FAMILY_OF_KIND])
-        raise SystemExit(f"cca.parity: {cfg_path}: unknown fixture kind {kind!r}; known: {known}")
+        raise UsageError(f"cca.parity: {cfg_path}: unknown fixture kind {kind!r}; known: {known}")
     with torch.no_grad():
         produced = fn(fixture_dir, config)
     expected_names = set(load_file(str(fixture_dir / "expected.safetensors")))
@@ -138,6 +140,7 @@ def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in produced.items() if k in expected_names}
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cca.parity", description=__doc__.strip().splitlines()[0])
     ap.add_argument("fixture_dir", help="folder with config.json, inputs.safetensors, expected.safetensors")

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from cca.errors import UsageError
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
@@ -108,14 +109,14 @@ class ShardedNpzWriter:
         parts folder with the first batch: a folder made with other settings is refused, never silently mixed."""
         record = self.parts / "labels.npy"
         if record.is_file() and not np.array_equal(np.load(record), self.labels):
-            raise SystemExit(f"{self.parts} holds samples for another index -> class assignment (number of "
+            raise UsageError(f"{self.parts} holds samples for another index -> class assignment (number of "
                              f"samples or classes changed); remove it or choose another sample folder")
         settings = self.parts / "settings.json"
         if settings.is_file():
             _refuse_other_settings(settings.read_text(), self.settings, self.parts)
 
     def finished(self) -> bool:
-        """True if the npz exists and was made with these settings; refuses (SystemExit) one made otherwise."""
+        """True if the npz exists and was made with these settings; refuses (UsageError) one made otherwise."""
         if not self.npz_path.is_file():
             return False
         with np.load(self.npz_path) as npz:
@@ -206,7 +207,7 @@ def _refuse_other_settings(recorded: str, wanted: str, where: Path) -> None:
     diff = [f"{k}: {old.get(k, '(not recorded)')} -> {new.get(k, '(not set)')}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
     if diff:
-        raise SystemExit(f"{where} was sampled with other settings ({'; '.join(diff[:4])}); remove it or choose "
+        raise UsageError(f"{where} was sampled with other settings ({'; '.join(diff[:4])}); remove it or choose "
                          f"another sample folder")
 
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import torch
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
 
 
 def parse_value(text: str, like):
@@ -25,7 +27,7 @@ def apply_override(cfg, assignment: str, flag: str = "--set") -> None:
     """'llamagen.cca.lambda_=300' or 'per_class=50' -> sets that field (cast to the field's type)."""
     path, eq, text = assignment.partition("=")
     if not eq:
-        raise SystemExit(f"{flag} {assignment!r}: expected FIELD=VALUE, e.g. llamagen.cca.lambda_=300")
+        raise UsageError(f"{flag} {assignment!r}: expected FIELD=VALUE, e.g. llamagen.cca.lambda_=300")
     parts = path.split(".")
     obj = cfg
     try:
@@ -38,9 +40,9 @@ def apply_override(cfg, assignment: str, flag: str = "--set") -> None:
             raise AttributeError(parts[-1])
         setattr(obj, parts[-1], parse_value(text, getattr(obj, parts[-1])))
     except (AttributeError, KeyError, IndexError):
-        raise SystemExit(f"{flag} {assignment!r}: no such setting (see the Settings section of report.md)") from None
+        raise UsageError(f"{flag} {assignment!r}: no such setting (see the Settings section of report.md)") from None
     except (ValueError, json.JSONDecodeError) as e:
-        raise SystemExit(f"{flag} {assignment!r}: bad value ({e})") from None
+        raise UsageError(f"{flag} {assignment!r}: bad value ({e})") from None
 
 
 def parse_sweep(text: str) -> tuple[str, str, list[float]]:
@@ -50,13 +52,14 @@ def parse_sweep(text: str) -> tuple[str, str, list[float]]:
     from demo.config import CCAConfig
     if not eq or not dot or fam not in ("llamagen", "var") or field not in {f.name for f in dataclasses.fields(
             CCAConfig)}:
-        raise SystemExit(f"--sweep {text!r}: expected FAMILY.CCA_FIELD=V1,V2,... (e.g. var.lambda_=10,50,200)")
+        raise UsageError(f"--sweep {text!r}: expected FAMILY.CCA_FIELD=V1,V2,... (e.g. var.lambda_=10,50,200)")
     try:
         return fam, field, [float(v) for v in values.split(",") if v]
     except ValueError:
-        raise SystemExit(f"--sweep {text!r}: values must be numbers") from None
+        raise UsageError(f"--sweep {text!r}: values must be numbers") from None
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m demo", description=__doc__)
     p.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: $FASHION_MNIST_DIR, else "
@@ -78,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in families if f not in ("llamagen", "var")]
     if bad or not families:
-        raise SystemExit(f"--families: expected a comma-separated subset of llamagen,var, got {args.families!r}")
+        raise UsageError(f"--families: expected a comma-separated subset of llamagen,var, got {args.families!r}")
     for assignment in args.set:
         apply_override(cfg, assignment)
     sweep = [parse_sweep(s) for s in args.sweep]
     if args.threads < 0:
-        raise SystemExit(f"--threads must be >= 0, got {args.threads}")
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
     data_dir = resolve_data_dir(args.data)
     out_dir = Path(args.out)
     from cca.checkpoint import check_writable_dir

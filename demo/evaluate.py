@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cca.errors import UsageError
 from evaluations.features import FeatureSet, compute_all_metrics, features_of
 from evaluations.npz_io import read_labels
 
@@ -22,10 +23,10 @@ def evaluate_npz(path: str | Path, net, ref: FeatureSet) -> dict:
     """{'fid', 'accuracy', 'precision', 'recall'} of the samples in ``path``."""
     labels = read_labels(path)
     if labels is None:
-        raise SystemExit(f"{path}: no arr_1 labels; conditional accuracy needs them")
+        raise UsageError(f"{path}: no arr_1 labels; conditional accuracy needs them")
     sample = features_of(str(path), net, what=Path(path).name, batch_size=1000)
     if sample.logits is None or len(sample.logits) != len(labels):
-        raise SystemExit(f"{path}: {len(labels)} labels but {0 if sample.logits is None else len(sample.logits)} "
+        raise UsageError(f"{path}: {len(labels)} labels but {0 if sample.logits is None else len(sample.logits)} "
                          f"classifier outputs")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # IS split-size notes; the miniature does not report IS

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cca import dist as cdist
+from cca.errors import TrainingError, UsageError
 from cca.loss import sequence_logprob
 from cca.trainer import TrainConfig, Trainer
 from toy import ToyAdapter, ToyAR, ToyData
@@ -140,7 +141,7 @@ def test_nonfinite_steps_are_skipped_then_abort(tmp_path):
     with torch.no_grad():
         policy.head.bias.fill_(float("nan"))
     tr = Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path, max_nonfinite=3, epochs=4.0))
-    with pytest.raises(SystemExit, match="3 consecutive non-finite"):
+    with pytest.raises(TrainingError, match="3 consecutive non-finite"):
         tr.fit(ToyData(16))
     assert tr.step == 2
 
@@ -151,7 +152,7 @@ def test_bad_config_is_rejected(tmp_path):
         Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path, batch_size=6, grad_accum=4))
     with pytest.raises(ValueError, match="valid: CCA"):
         Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path, loss_type="Unlearnin"))
-    with pytest.raises(SystemExit, match="smaller than one global batch"):
+    with pytest.raises(UsageError, match="smaller than one global batch"):
         Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path, batch_size=32)).fit(ToyData(16))
 
 
