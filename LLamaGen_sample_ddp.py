@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from cca import dist as cdist
 from cca.checkpoint import check_writable_dir, require_checkpoint
-from cca.compiling import compile_blocks
-from cca.cli import exits_on_errors
+from cca.compiling import compile_blocks, eager_fallback_on_errors
+from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
 from cca.plan import add_dry_run_args
 from cca.sampling import ShardedNpzWriter, balanced_labels, random_labels, to_uint8_nhwc
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         from LlamaGen.plan import dry_run_sample
         return dry_run_sample(args)
     check_args(args)
-    dist = cdist.init(args.device)
+    dist = start_process(args.device)
     cdist.set_tf32(not args.no_tf32)
     if dist.is_main:      # before any model is loaded
         check_writable_dir(args.sample_dir, "--sample-dir")
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     latent = args.image_size // args.downsample_size
     name = run_name(args)
     writer = make_writer(args, name, dist, dtype)
+    cdist.barrier()       # every rank holds its snapshot of the finished batches before any rank saves one
     labels = writer.labels
     if writer.finished():
         if dist.is_main:
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     load_gpt_weights(gpt, args.gpt_ckpt, flag="--gpt-ckpt/--ckpt_path")
     gpt = gpt.to(device=device, dtype=dtype).eval()
     if args.compile or (args.compile is None and device.type == "cuda"):
+        eager_fallback_on_errors()
         compile_blocks(gpt.layers, device)
 
     png_dir = Path(args.sample_dir) / name

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cca.cli import exits_on_errors
+from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
 from cca.plan import add_dry_run_args
+from VAR.build import PATCH_NUMS_256, pn_flag
 
 
 def flag_bool(text: str) -> bool:
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--depth", type=int, default=16, help="VAR depth (16, 20, 24, 30 released)")
     g.add_argument("--num_classes", type=int, default=1000, help="classes (= class folders in --data_path)")
-    g.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums (256, 512 or 1_2_3_...)")
+    g.add_argument("--pn", default=pn_flag(PATCH_NUMS_256), help="patch nums (256, 512 or 1_2_3_...)")
     g.add_argument("--saln", type=flag_bool, default=False, help="shared AdaLN (1 for d36-s: --depth 36 --pn 512)")
     g.add_argument("--alng", type=float, default=1e-5, help="AdaLN gamma init multiplier (initialisation only; "
                    "the weights come from --ref_ckpt, as in the original)")
@@ -163,7 +164,7 @@ def train_config(args: argparse.Namespace, world: int, num_images: int, out_dir:
         warmup_start=args.wp0, final_lr_ratio=args.wpe, precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16],
         fp16_scaler=(2.0 ** 11, 1000, 2.0 ** 15), log_every=max(1, min(10, total_steps)),
         ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
-        ckpt_every=max(args.ckpt_every, 0), split_halves=not args.joint_halves,
+        ckpt_every=max(args.ckpt_every, 0), joint_halves=args.joint_halves,
         roll_per_micro_batch=args.roll_per_micro_batch, no_decay_keys=VAR_NO_DECAY_KEYS,
         extra={"cli": vars(args), "argv": sys.argv[1:]})
 
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from VAR.adapter import VARAdapter
     from VAR.data import build_train_dataset
 
-    d = cdist.init()
+    d = start_process()
     micro = check_args(args, d.world_size)
     cdist.set_tf32(args.tf32)
     dataset = build_train_dataset(args.data_path, patch_nums[-1] * 16, mid_reso=args.mid_reso, hflip=args.hflip,

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cca.cli import exits_on_errors
+from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
 from cca.plan import add_dry_run_args
+from VAR.build import PATCH_NUMS_256, pn_flag
 from VAR_finetune import flag_bool
 
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round_uint8", type=flag_bool, default=False,
                    help="round pixels to the nearest level (the original cuts x·255, half a level darker)")
     p.add_argument("--tf32", type=flag_bool, default=True, help="TensorFloat-32 float32 matmuls on CUDA")
-    p.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums of the model (256, 512 or 1_2_3_...)")
+    p.add_argument("--pn", default=pn_flag(PATCH_NUMS_256), help="patch nums of the model (256, 512 or 1_2_3_...)")
     p.add_argument("--saln", type=flag_bool, default=False, help="shared AdaLN (1 for d36-s: --depth 36 --pn 512)")
     p.add_argument("--vae_ch", type=int, default=160, help="VQVAE base width")
     p.add_argument("--vae_V", type=int, default=4096, help="VQVAE codebook size")
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from cca.checkpoint import check_writable_dir
     from cca.sampling import ShardedNpzWriter, to_uint8_nhwc
 
-    d = cdist.init()
+    d = start_process()
     cdist.set_tf32(args.tf32)
     torch.backends.cudnn.deterministic = True        # as the original sampler
     sample_dir = check_writable_dir(args.sample_dir, "--sample_dir") if d.is_main else Path(args.sample_dir)
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.repeat(np.arange(args.num_classes, dtype=np.int64), args.num_per_class)   # index -> class
     writer = ShardedNpzWriter(sample_dir, name, labels, rank=d.rank, world=d.world_size,
                               batch_size=args.batch_size, shuffle_seed=args.seed, settings=sample_settings(args))
+    cdist.barrier()       # every rank holds its snapshot of the finished batches before any rank saves one
     if writer.finished():
         if d.is_main:
             print(f"[VAR_sample] {writer.npz_path} already exists (same settings); nothing to do", flush=True)

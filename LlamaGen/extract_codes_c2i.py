@@ -37,7 +37,7 @@ from LlamaGen.captions import listed_records, record_file
 from LlamaGen.checkpoints import load_vq
 from LlamaGen.codes import code_dirs
 from LlamaGen.vq_model import VQ_models
-from cca.cli import exits_on_errors
+from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
 
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"--crop-range must be >= 1 with --ten-crop, got {args.crop_range}")
     listing = any(name.endswith(".jsonl") for name in os.listdir(args.data_path))
     dataset, outputs = listed_images(args) if listing else class_images(args)
-    dist = cdist.init()
+    dist = start_process()
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, dist.device)
     if args.image_size % vq.downsample:

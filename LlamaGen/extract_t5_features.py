@@ -33,7 +33,7 @@ from cca.checkpoint import check_writable_dir
 from LlamaGen.caption_text import preprocess
 from LlamaGen.captions import listed_records, record_file
 from LlamaGen.extract_codes_c2i import save_npy
-from cca.cli import exits_on_errors
+from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
 
 CAPTION_KEY = {"blip": 0, "llava": 1, "llava_first": 2}
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     captions = [caption_of(r, args.caption_key, args.trunc_caption, f"{stem}.jsonl line {i + 1}")
                 for r, stem, i in records]
     folder = t5_folder(args.t5_model_path, args.t5_model_type)
-    dist = cdist.init()
+    dist = start_process()
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     if dist.is_main:
         check_writable_dir(args.t5_path, "--t5-path")

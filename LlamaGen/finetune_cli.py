@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import logging
 import os
 from pathlib import Path
@@ -23,8 +22,8 @@ import torch
 
 from cca import dist as cdist
 from cca.checkpoint import check_writable_dir, require_checkpoint, save_atomic
-from cca.cli import exits_on_errors
-from cca.compiling import compile_blocks
+from cca.cli import exits_on_errors, start_process
+from cca.compiling import compile_blocks, eager_fallback_on_errors
 from cca.errors import UsageError
 from cca.loss import LOSS_TYPES
 from cca.parallel import parallelize
@@ -207,6 +206,13 @@ def build_policy(args: argparse.Namespace, fsdp: bool) -> torch.nn.Module:
     return load_gpt_weights(policy, args.ref_ckpt, flag="--ref_ckpt")
 
 
+def fsdp_sharding(args: argparse.Namespace, dist: cdist.Dist):
+    """model -> model sharded per block as --data-parallel, --mixed-precision and --grad-precision say."""
+    from LlamaGen.fsdp import shard_gpt
+    grads = args.grad_precision or PRECISION[args.mixed_precision]
+    return lambda model: shard_gpt(model, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
+
+
 def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.Dist, fsdp: bool,
                  log: logging.Logger):
     """(model to train, frozen reference copy) on the device, compiled per block on CUDA; the model DDP-wrapped
@@ -214,13 +220,9 @@ def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.
     reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
     policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
     if dist.device.type == "cuda" and not args.no_compile:
+        eager_fallback_on_errors()
         compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
-    shard = None
-    if fsdp:
-        from LlamaGen.fsdp import shard_gpt
-        grads = args.grad_precision or PRECISION[args.mixed_precision]
-        shard = functools.partial(shard_gpt, data_parallel=args.data_parallel,
-                                  param_precision=PRECISION[args.mixed_precision], grad_precision=grads, dist=dist)
+    shard = fsdp_sharding(args, dist) if fsdp else None
     model = parallelize(policy, "fsdp" if fsdp else "ddp", dist, shard=shard)
     return model, reference if shard is None else shard(reference)
 
@@ -240,7 +242,7 @@ def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str
                        ckpt_every=args.ckpt_every, ckpt_steps=(5000,), ema=0.9999 if args.ema else 0.0,
                        ref_train_mode=not args.ref_eval_mode, seed=args.global_seed, resume=resume,
                        num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp",
-                       split_halves=not args.joint_halves, roll_per_micro_batch=args.roll_per_micro_batch,
+                       joint_halves=args.joint_halves, roll_per_micro_batch=args.roll_per_micro_batch,
                        extra=vars(args))
 
 
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, code_prefix(args.dataset))
     check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
     policy = build_policy(args, fsdp)                   # a bad checkpoint fails before any output
-    dist = cdist.init()
+    dist = start_process()
     cdist.set_tf32(not args.no_tf32)
     folder, resume = run_dir(args, dist)
     if dist.is_main:

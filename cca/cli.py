@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 from typing import Callable, TypeVar
 
+from cca import dist as cdist
+from cca.cpu_memory import keep_freed_memory
 from cca.errors import CCAError
 
 F = TypeVar("F", bound=Callable)
@@ -19,3 +21,12 @@ def exits_on_errors(main: F) -> F:
         except CCAError as e:
             raise SystemExit(str(e)) from None
     return run
+
+
+def start_process(device: str | None = None) -> cdist.Dist:
+    """A command line's process set-up: the process group (``cca.dist.init``) and, on the CPU, glibc keeping freed
+    memory for the next op (``cca.cpu_memory``)."""
+    dist = cdist.init(device)
+    if dist.device.type == "cpu":
+        keep_freed_memory()
+    return dist

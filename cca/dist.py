@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-from cca.cpu_memory import keep_freed_memory
 from cca.errors import UsageError
 
 
@@ -49,8 +48,6 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(local_rank, device)
-    if dev.type == "cpu":
-        keep_freed_memory()                 # per-op page faults otherwise dominate small CPU models
     backend = None
     if world > 1 or tdist.is_initialized():
         if not tdist.is_initialized():
@@ -68,22 +65,6 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> Dist:
 
 def _active() -> bool:
     return tdist.is_available() and tdist.is_initialized()
-
-
-def get_rank() -> int:
-    return tdist.get_rank() if _active() else 0
-
-
-def get_world_size() -> int:
-    return tdist.get_world_size() if _active() else 1
-
-
-def is_main() -> bool:
-    return get_rank() == 0
-
-
-def device() -> torch.device:
-    return init().device
 
 
 def barrier() -> None:

@@ -142,7 +142,8 @@ def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
 
 @exits_on_errors
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cca.parity", description=__doc__.strip().splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m cca.parity", description=__doc__.strip().splitlines()[0],
+                                 allow_abbrev=False)
     ap.add_argument("fixture_dir", help="folder with config.json, inputs.safetensors, expected.safetensors")
     ap.add_argument("--out", required=True, help="where to write the recomputed tensors (.safetensors)")
     args = ap.parse_args(argv)

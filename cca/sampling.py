@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
 from cca.errors import UsageError
 
 
@@ -74,7 +75,8 @@ class ShardedNpzWriter:
     """DiT-style multi-process sampling into one npz, resumable.
 
     Global index i has class ``labels[i]``. On a run every rank takes every ``world``-th of the indices not yet
-    done (as found when the writer was made, on every rank before a barrier), in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
+    done (as found when the writer was made; the caller puts a barrier between making the writers and the first
+    save), in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
     first, then the index file, each written to a temp name and renamed), so a killed run loses at most the batch
     in flight and a rerun (with any world size) produces every index exactly once. ``finalize`` (rank 0, after a
     barrier) writes ``<out>/<name>.npz`` with ``arr_0`` uint8 (N, H, W, 3), ``arr_1`` int64 labels and, if given,
@@ -99,10 +101,9 @@ class ShardedNpzWriter:
         self.npz_path = self.out_dir / f"{name}.npz"
         self._check_labels()       # nothing is written before the first finished batch
         self._recorded = False
-        # every rank must split the same snapshot of what is done: take it, then wait for all ranks to have it
+        # every rank must split the same snapshot of what is done: the caller waits (a barrier) for all ranks to
+        # have made their writer before any of them saves a batch
         self._done_at_start = self.done_indices()
-        from cca import dist as cdist
-        cdist.barrier()
 
     def _check_labels(self) -> None:
         """Finished batches only count for the same index -> class assignment, recorded as ``labels.npy`` in the

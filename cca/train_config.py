@@ -56,7 +56,8 @@ class TrainConfig:
     ckpt_steps: tuple[int, ...] = ()     # steps saved in any case (the LlamaGen scripts always save step 5000)
     ema: float = 0.0                     # EMA decay; 0: off
     ref_train_mode: bool = False         # run the reference with dropout (the original LlamaGen behaviour)
-    split_halves: bool = True            # CCA / unlearning: positive then negative half, each forward+backward
+    joint_halves: bool = False           # CCA / unlearning: both halves in one 2B pass (default: positive then
+                                         # negative half, each forward + backward: activations of B rows)
     roll_per_micro_batch: bool = False   # negatives rolled within each micro-batch (the originals), not the batch
     seed: int = 0
     resume: str | None = None            # None, "auto" (out_dir/resume.pt if present) or a path

@@ -125,7 +125,7 @@ class Trainer:
         ref_logp = ref_logp.clone()      # a normal tensor, usable next to autograd tensors
         ref_pos, ref_neg = ref_logp[:b], ref_logp[b:]
         mask = None if cond.neg_is_positive is None else cond.neg_is_positive.to(self.device)
-        if not (self.cfg.split_halves and self.loss.separable):
+        if self.cfg.joint_halves or not self.loss.separable:
             with self._sync(last):
                 logp = self._policy_logp(labels2, inputs2, targets2)                  # (2b,)
                 logp_pos, logp_neg = logp[:b], logp[b:]

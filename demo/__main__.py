@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import torch
-from cca.cli import exits_on_errors
+from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
 
 
@@ -61,7 +61,7 @@ def parse_sweep(text: str) -> tuple[str, str, list[float]]:
 
 @exits_on_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python3 -m demo", description=__doc__, allow_abbrev=False)
     p.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: $FASHION_MNIST_DIR, else "
                                                "/usr/share/datasets/fashion-mnist)")
     p.add_argument("--out", default="demo_output", help="output folder (stage cache in OUT/cache)")
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable_dir(out_dir, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from cca import dist as cdist
-    cdist.init("cpu")                      # the miniature runs on the CPU, in this one process
+    start_process("cpu")                      # the miniature runs on the CPU, in this one process
     from demo.pipeline import run_demo
     from demo.report import summary_lines
     t0 = time.perf_counter()

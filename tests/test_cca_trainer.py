@@ -98,7 +98,7 @@ def test_split_halves_give_the_joint_pass_update(tmp_path, loss_type, uncond_rat
         policy.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
         tr = Trainer(policy, ref, ToyAdapter(NC, V),
                      _cfg(tmp_path / str(split), loss_type=loss_type, uncond_ratio=uncond_ratio, grad_accum=2,
-                          max_steps=2, lambda_=2.0, split_halves=split))
+                          max_steps=2, lambda_=2.0, joint_halves=not split))
         last = tr.fit(ToyData(32))
         results.append((policy.state_dict(), last, rows))
     (split_sd, split_last, split_rows), (joint_sd, joint_last, joint_rows) = results
