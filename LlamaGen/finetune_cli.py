@@ -13,7 +13,6 @@ runs in train mode (dropout like the policy); no learning-rate schedule.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import os
 from pathlib import Path
@@ -23,16 +22,16 @@ import torch
 from cca import dist as cdist
 from cca.checkpoint import check_writable_dir, require_checkpoint, save_atomic
 from cca.cli import exits_on_errors, start_process
-from cca.compiling import compile_blocks, eager_fallback_on_errors
 from cca.errors import UsageError
+from cca.finetune_driver import finetune
 from cca.loss import LOSS_TYPES
-from cca.parallel import parallelize
 from cca.plan import add_dry_run_args
 from cca.train_config import TORCH_FP16_SCALER, check_loss_settings
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
 from LlamaGen.codes import CodeDataset, code_prefix, load_npy
+from LlamaGen.family import with_reference
 from LlamaGen.gpt import GPT_SIZES
 
 PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -213,20 +212,6 @@ def fsdp_sharding(args: argparse.Namespace, dist: cdist.Dist):
     return lambda model: shard_gpt(model, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
 
 
-def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.Dist, fsdp: bool,
-                 log: logging.Logger):
-    """(model to train, frozen reference copy) on the device, compiled per block on CUDA; the model DDP-wrapped
-    or (FSDP) both sharded per block."""
-    reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
-    policy, reference = policy.to(dist.device).float(), reference.to(dist.device).float()
-    if dist.device.type == "cuda" and not args.no_compile:
-        eager_fallback_on_errors()
-        compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
-    shard = fsdp_sharding(args, dist) if fsdp else None
-    model = parallelize(policy, "fsdp" if fsdp else "ddp", dist, shard=shard)
-    return model, reference if shard is None else shard(reference)
-
-
 def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str | None,
                  fsdp: bool) -> TrainConfig:
     """The original recipe: per-process batch global / world in --gradient-accumulation-steps micro-batches whose
@@ -244,6 +229,23 @@ def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str
                        num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp",
                        joint_halves=args.joint_halves, roll_per_micro_batch=args.roll_per_micro_batch,
                        extra=vars(args))
+
+
+def exporter(args: argparse.Namespace, folder: Path, fsdp: bool, log: logging.Logger):
+    """trainer -> the function writing <run>/checkpoints/<step>.pt in the original's format (DDP: {'model': ...}
+    plus 'ema' with --ema; FSDP: the bare state dict); nothing with --no-local-save."""
+    def make(trainer: Trainer):
+        def export(state_dict: dict, step: int, final: bool) -> None:
+            if args.no_local_save:
+                return
+            weights = {k: v.detach().cpu() for k, v in state_dict.items()}
+            ckpt = weights if fsdp else {"model": weights}     # the originals' formats
+            if trainer.ema is not None:
+                ckpt["ema"] = {k: v.to(state_dict[k].dtype) for k, v in trainer.ema.items()}
+            path = save_atomic(ckpt, folder / "checkpoints" / f"{step:07d}.pt")
+            log.info("saved %s%s", path, " (final)" if final else "")
+        return export
+    return make
 
 
 @exits_on_errors
@@ -265,23 +267,12 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     if args.ref_eval_mode and not args.keep_dropout:
         log.warning("--ref-eval-mode without --keep_dropout switches off only the reference's label dropout (1e-5)")
-    model, reference = place_models(policy, args, dist, fsdp, log)
+    shard = fsdp_sharding(args, dist) if fsdp else None
+    policy, reference = with_reference(policy, dist.device, log=log, shard=shard,
+                                       compile=dist.device.type == "cuda" and not args.no_compile)
     if dist.is_main:
         log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,
-                 f"{sum(p.numel() for p in model.parameters()):,}", len(dataset), folder)
+                 f"{sum(p.numel() for p in policy.parameters()):,}", len(dataset), folder)
     cfg = train_config(args, dist.world_size, folder, resume, fsdp)
-    trainer: Trainer | None = None
-
-    def export(state_dict: dict, step: int, final: bool) -> None:
-        if args.no_local_save:
-            return
-        weights = {k: v.detach().cpu() for k, v in state_dict.items()}
-        ckpt = weights if fsdp else {"model": weights}     # the originals' formats
-        if trainer is not None and trainer.ema is not None:
-            ckpt["ema"] = {k: v.to(state_dict[k].dtype) for k, v in trainer.ema.items()}
-        path = save_atomic(ckpt, folder / "checkpoints" / f"{step:07d}.pt")
-        log.info("saved %s%s", path, " (final)" if final else "")
-
-    trainer = Trainer(model, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist, export=export)
-    trainer.fit(dataset)
-    cdist.cleanup()
+    finetune(policy, reference, LlamaGenAdapter(args.num_classes), dataset, cfg, dist,
+             make_export=exporter(args, folder, fsdp, log), shard=shard)
