@@ -37,7 +37,7 @@ from LlamaGen.captions import listed_records, record_file
 from LlamaGen.checkpoints import load_vq
 from LlamaGen.codes import code_dirs
 from LlamaGen.vq_model import VQ_models
-from cca.cli import exits_on_errors, start_process
+from cca.cli import exits_on_errors, finish_process, start_process
 from cca.errors import UsageError
 
 
@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             save_npy(codes_file, codes if label_file is not None else codes[:, 0])   # T2I: (1, h*w)
             if label_file is not None:
                 save_npy(label_file, label.reshape(1).numpy().astype(np.int64))
-    cdist.barrier()
-    if dist.is_main:
-        print(f"codes of {len(dataset)} images under {args.code_path}")
-    cdist.cleanup()
+    finish_process(dist, f"codes of {len(dataset)} images under {args.code_path}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from cca.checkpoint import check_writable_dir
 from LlamaGen.caption_text import preprocess
 from LlamaGen.captions import listed_records, record_file
 from LlamaGen.extract_codes_c2i import save_npy
-from cca.cli import exits_on_errors, start_process
+from cca.cli import exits_on_errors, finish_process, start_process
 from cca.errors import UsageError
 
 CAPTION_KEY = {"blip": 0, "llava": 1, "llava_first": 2}
@@ -141,10 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                                                args.t5_feature_max_len)):
             outputs[j].parent.mkdir(parents=True, exist_ok=True)
             save_npy(outputs[j], feats)
-    cdist.barrier()
-    if dist.is_main:
-        print(f"T5 features of {len(records)} captions in {args.t5_path}")
-    cdist.cleanup()
+    finish_process(dist, f"T5 features of {len(records)} captions in {args.t5_path}")
 
 
 if __name__ == "__main__":

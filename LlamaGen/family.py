@@ -18,6 +18,7 @@ from torch import nn
 
 from cca.compiling import compile_blocks, eager_fallback_on_errors
 from cca.errors import UsageError
+from cca.parity import register_fixture_kinds
 from cca.sample_driver import SampleFn
 from cca.sampling import to_uint8_nhwc
 
@@ -28,6 +29,10 @@ from .gpt import Transformer
 
 NAME = "llamagen"
 GUIDANCE_FREE_CFG_SCALE = 1.0    # --cfg-scale of a guidance-free sample
+
+register_fixture_kinds({"llamagen_vq": "LlamaGen.parity:llamagen_vq", "llamagen_gpt": "LlamaGen.parity:llamagen_gpt",
+                        "llamagen_t2i_gpt": "LlamaGen.parity:llamagen_t2i_gpt",
+                        "cca_step_llamagen": "LlamaGen.step_parity:cca_step_llamagen"})
 
 
 def adapter_for(model: Transformer) -> LlamaGenAdapter:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cca.parity import register_fixture_kinds
 from cca.sample_driver import SampleFn
 from cca.sampling import to_uint8_nhwc
 
@@ -22,6 +23,9 @@ from .vqvae import VQVAE
 
 NAME = "var"
 GUIDANCE_FREE_CFG = 0.0          # --cfg of a guidance-free sample
+
+register_fixture_kinds({"var_vqvae": "VAR.parity:var_vqvae", "var_transformer": "VAR.parity:var_transformer",
+                        "cca_step_var": "VAR.step_parity:cca_step_var"})
 
 
 def adapter_for(model: VAR) -> VARAdapter:

@@ -30,3 +30,11 @@ def start_process(device: str | None = None) -> cdist.Dist:
     if dist.device.type == "cpu":
         keep_freed_memory()
     return dist
+
+
+def finish_process(dist: cdist.Dist, text: str) -> None:
+    """A command line's end: all ranks done, rank 0 says ``text``, the process group goes."""
+    cdist.barrier()
+    if dist.is_main:
+        print(text, flush=True)
+    cdist.cleanup()

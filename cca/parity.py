@@ -22,10 +22,24 @@ from cca.cli import exits_on_errors
 from cca.errors import UsageError
 from cca.loss import compute_loss, sequence_logprob
 
-_FAMILY_OF_KIND = {"var_vqvae": "VAR.parity", "var_transformer": "VAR.parity",
-                   "llamagen_vq": "LlamaGen.parity", "llamagen_gpt": "LlamaGen.parity",
-                   "llamagen_t2i_gpt": "LlamaGen.parity",
-                   "cca_step_var": "VAR.step_parity", "cca_step_llamagen": "LlamaGen.step_parity"}
+# fixture kind -> "module:function"; each family module fills in its own kinds when imported (register_fixture_kinds)
+FIXTURE_KINDS: dict[str, str] = {"cca_loss": "cca.parity:cca_loss_fixture"}
+FAMILY_MODULES = ("VAR.family", "LlamaGen.family")
+
+
+def register_fixture_kinds(kinds: dict[str, str]) -> None:
+    """A family's fixture kinds: name -> "module:function" (imported only when such a fixture is computed)."""
+    FIXTURE_KINDS.update(kinds)
+
+
+def fixture_function(kind: str, where: Path):
+    """The function computing fixtures of ``kind``: (fixture_dir, config) -> {name: tensor}."""
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
+    if kind not in FIXTURE_KINDS:
+        raise UsageError(f"cca.parity: {where}: unknown fixture kind {kind!r}; known: {', '.join(FIXTURE_KINDS)}")
+    module, name = FIXTURE_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def cca_loss_fixture(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -124,13 +138,7 @@ def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"cca.parity: {cfg_path} not found (FIXTURE_DIR must hold config.json and the safetensors)")
     config = json.loads(cfg_path.read_text())
     kind = config.get("fixture")
-    if kind == "cca_loss":
-        fn = cca_loss_fixture
-    elif kind in _FAMILY_OF_KIND:
-        fn = importlib.import_module(_FAMILY_OF_KIND[kind]).PARITY[kind]
-    else:
-        known = ", ".join(["cca_loss", *_FAMILY_OF_KIND])
-        raise UsageError(f"cca.parity: {cfg_path}: unknown fixture kind {kind!r}; known: {known}")
+    fn = fixture_function(kind, cfg_path)
     with torch.no_grad():
         produced = fn(fixture_dir, config)
     expected_names = set(load_file(str(fixture_dir / "expected.safetensors")))

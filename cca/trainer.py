@@ -174,7 +174,7 @@ class Trainer:
         cfg = self.cfg
         labels, inputs, targets = self.adapter.prepare(batch, self.device)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.adapter.num_classes):
-            raise ValueError(f"labels must be in [0, {self.adapter.num_classes}), got "
+            raise UsageError(f"labels must be in [0, {self.adapter.num_classes}), got "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         conds = self._conditions(labels)
         mb = labels.shape[0] // cfg.grad_accum
@@ -189,14 +189,20 @@ class Trainer:
                 sums[k] = sums.get(k, 0) + v.float() / cfg.grad_accum
         if cfg.uncond_ratio > 0:   # same keys on every rank (all_reduce_dict)
             sums["null_fraction"] = torch.cat([c.null_rows for c in conds]).float().mean()
+        sums["grad_norm"] = self._apply_gradients(sums["loss"])
+        return sums
+
+    def _apply_gradients(self, loss: torch.Tensor) -> torch.Tensor:
+        """Clip, then step the optimizer (and the EMA) unless the loss or the gradient norm is not finite; aborts
+        after ``max_nonfinite`` skipped steps in a row. Returns the gradient norm before clipping."""
+        cfg = self.cfg
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        sums["grad_norm"] = norm.detach().float()
         # the one host sync per optimizer step (skip / abort decision): an infinite loss can have finite gradients
-        finite = bool(torch.isfinite(norm) & torch.isfinite(sums["loss"]))
+        finite = bool(torch.isfinite(norm) & torch.isfinite(loss))
         if finite:
             self.nonfinite_run = 0
             self.scaler.step(self.optimizer)
@@ -216,7 +222,7 @@ class Trainer:
                 for k, v in self.policy.state_dict().items():
                     if k in self.ema:
                         self.ema[k].lerp_(v.float(), 1 - cfg.ema)
-        return sums
+        return norm.detach().float()
 
     def _update_scale(self) -> None:
         """The loss scale's usual growth / back-off, except that a scale above the cap is set back to the cap
