@@ -7,8 +7,11 @@ is None when the run stopped with an error). Warnings stay on the ``cca`` logger
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+import torch
 
 _FORMAT = "%(asctime)s %(message)s"
 
@@ -153,3 +156,21 @@ def standard_sink(out_dir: str | Path, is_main: bool) -> Sink:
         return NullSink()
     out_dir = Path(out_dir)
     return Sinks(ProgressBar(), TensorboardSink(out_dir / "tb"), LogSink(out_dir / "log.txt"))
+
+
+@dataclass
+class RunningMean:
+    """Metric tensors summed since the last report (no host sync until ``take``)."""
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    n: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+        self.n += 1
+
+    def take(self) -> dict[str, torch.Tensor]:
+        out = {k: v / self.n for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        return out

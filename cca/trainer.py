@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 from cca import dist as cdist
 from cca import train_state
 from cca.checkpoint import CheckpointError, check_free_space, check_writable_dir, load_file_raw, save_atomic
-from cca.conditions import make_conditions
+from cca.conditions import micro_batch_conditions
 from cca.data import ResumableBatchSampler, SeededFetch
 from cca.errors import TrainingError, UsageError
 from cca.loss import PreferenceLoss, sequence_logprob
-from cca.metrics import Sink, standard_sink
+from cca.metrics import RunningMean, Sink, standard_sink
 from cca.parallel import check_parallelized, unwrap
 from cca.schedule import apply_lr_wd, build_adamw, lr_wd_at
 from cca.train_config import TORCH_FP16_SCALER, TrainConfig
@@ -149,25 +149,13 @@ class Trainer:
         return loss, metrics
 
     def _conditions(self, labels: torch.Tensor) -> list:
-        """The Conditions of every micro-batch: labels rolled over the whole per-rank batch, or within each
-        micro-batch (``roll_per_micro_batch``, the originals); null-class draws one uniform per row."""
-        cfg, B = self.cfg, labels.shape[0]
-        if B % cfg.grad_accum:
-            raise ValueError(f"batch of {B} rows is not divisible by grad_accum {cfg.grad_accum}")
-        draws = None
+        """Every micro-batch's Conditions; the null-class draws (one uniform per row) from the hook or the seeded
+        generator."""
+        cfg, draws = self.cfg, None
         if cfg.uncond_ratio > 0:
-            draws = (self.hooks.uniforms or (lambda n: torch.rand(n, generator=self.cond_gen)))(B)
-        mb = B // cfg.grad_accum
-        slices = [slice(j * mb, (j + 1) * mb) for j in range(cfg.grad_accum)]
-
-        def make(rows: slice):
-            return make_conditions(labels[rows].cpu(), self.adapter.num_classes, cfg.uncond_ratio,
-                                   uniform_draws=None if draws is None else draws[rows])
-
-        if cfg.roll_per_micro_batch:
-            return [make(rows) for rows in slices]
-        whole = make(slice(None))
-        return [whole.select(rows) for rows in slices]
+            draws = (self.hooks.uniforms or (lambda n: torch.rand(n, generator=self.cond_gen)))(labels.shape[0])
+        return micro_batch_conditions(labels, self.adapter.num_classes, cfg.grad_accum, cfg.uncond_ratio, draws,
+                                      cfg.roll_per_micro_batch)
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """One optimizer step on one per-rank batch; returns detached metric tensors (no host sync)."""
@@ -332,7 +320,7 @@ class Trainer:
                              f"({self.dist.world_size} processes x {cfg.batch_size} rows)")
         epoch_steps, total = self._start(sampler.batches_per_epoch, sink)
         fetch = SeededFetch(dataset, cfg.seed)    # augmentation draws independent of workers and resumes
-        mean = _RunningMean()
+        mean = RunningMean()
         while self.step < total:
             for batch in self._loader(dataset, fetch, sampler, collate_fn):
                 self._step_and_report(batch, epoch_steps, total, sink, mean)
@@ -346,7 +334,7 @@ class Trainer:
         self.save(final=True)
         return mean.last
 
-    def _step_and_report(self, batch: Any, epoch_steps: int, total: int, sink: Sink, mean: _RunningMean) -> None:
+    def _step_and_report(self, batch: Any, epoch_steps: int, total: int, sink: Sink, mean: RunningMean) -> None:
         lr, wd = self._lr_wd(epoch_steps)
         apply_lr_wd(self.optimizer, lr, wd)
         metrics = self.train_step(batch)
@@ -360,20 +348,3 @@ class Trainer:
             mean.last = {**cdist.all_reduce_dict(mean.take()), "lr": lr}     # over all ranks: a collective call
             sink.report(self.step, total, mean.last)
 
-
-@dataclass
-class _RunningMean:
-    """Metric tensors summed since the last report (no host sync until ``take``)."""
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    n: int = 0
-    last: dict[str, float] = field(default_factory=dict)
-
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0) + v
-        self.n += 1
-
-    def take(self) -> dict[str, torch.Tensor]:
-        out = {k: v / self.n for k, v in self.sums.items()}
-        self.sums, self.n = {}, 0
-        return out

@@ -170,7 +170,7 @@ def test_export_and_ema(tmp_path):
 
 def test_dist_fallback_single_process():
     d = cdist.init()
-    assert (d.rank, d.world_size, d.device.type) == (0, 1, "cpu") and cdist.is_main()
+    assert (d.rank, d.world_size, d.device.type) == (0, 1, "cpu") and d.is_main
     cdist.barrier()
     assert cdist.all_reduce_dict({"a": 1.5, "b": torch.tensor(2.0)}) == {"a": 1.5, "b": 2.0}
 
@@ -187,3 +187,40 @@ def test_weight_decay_groups_and_per_run_logs(tmp_path):
     Trainer(policy2, ref2, ToyAdapter(NC, V), _cfg(tmp_path / "b", max_steps=1)).fit(ToyData(16))
     a, b = (tmp_path / "a" / "log.txt").read_text(), (tmp_path / "b" / "log.txt").read_text()
     assert a.count("training 1 steps") == 1 and b.count("training 1 steps") == 1
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def open(self, total, done, text):
+        self.calls.append(("open", total, done))
+
+    def advance(self, step):
+        self.calls.append(("advance", step))
+
+    def report(self, step, total, metrics):
+        self.calls.append(("report", step, sorted(metrics)))
+
+    def close(self, text):
+        self.calls.append(("close", text is not None))
+
+
+def test_the_sink_passed_in_sees_the_run_and_is_closed_also_when_it_fails(tmp_path):
+    policy, ref = _models()
+    sink = _Recorder()
+    Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path / "a", max_steps=2, log_every=2), sink=sink).fit(ToyData(32))
+    assert [c[0] for c in sink.calls] == ["open", "advance", "advance", "report", "close"]
+    assert sink.calls[0] == ("open", 2, 0) and sink.calls[-1] == ("close", True) and "loss" in sink.calls[3][2]
+    assert not (tmp_path / "a" / "log.txt").exists() and not (tmp_path / "a" / "tb").exists()   # nothing else
+    failing = _Recorder()
+    with pytest.raises(UsageError):
+        Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path / "b", batch_size=32), sink=failing).fit(ToyData(16))
+    assert failing.calls == [("close", False)]
+
+
+def test_a_multi_process_ddp_run_refuses_a_model_that_was_not_parallelized(tmp_path):
+    policy, ref = _models()
+    two = cdist.Dist(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    with pytest.raises(ValueError, match="cca.parallel.parallelize"):
+        Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path), dist=two)
