@@ -47,14 +47,15 @@ def compile_gpt_blocks(models: list[Transformer], device: torch.device, log: log
 
 
 def with_reference(policy: Transformer, device: torch.device, *, compile: bool, log: logging.Logger,
-                   shard: Callable[[nn.Module], nn.Module] | None = None) -> tuple[Transformer, nn.Module]:
-    """(policy, frozen reference copy) in float32 on ``device``, compiled per block when asked; the reference
-    sharded by ``shard`` under FSDP (the driver shards the policy)."""
+                   reference_dtype: torch.dtype = torch.float32,
+                   shard_reference: Callable[[nn.Module], nn.Module] | None = None) -> tuple[Transformer, nn.Module]:
+    """(policy in float32, frozen reference copy in ``reference_dtype``) on ``device``, compiled per block when
+    asked; the reference sharded by ``shard_reference`` under FSDP (the fine-tune driver shards the policy)."""
     reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
-    policy, reference = policy.to(device).float(), reference.to(device).float()
+    policy, reference = policy.to(device).float(), reference.to(device, reference_dtype)
     if compile:
         compile_gpt_blocks([policy, reference], device, log)
-    return policy, reference if shard is None else shard(reference)
+    return policy, reference if shard_reference is None else shard_reference(reference)
 
 
 @dataclass(frozen=True)

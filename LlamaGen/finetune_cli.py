@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     if args.ref_eval_mode and not args.keep_dropout:
         log.warning("--ref-eval-mode without --keep_dropout switches off only the reference's label dropout (1e-5)")
     shard = fsdp_sharding(args, dist) if fsdp else None
-    policy, reference = with_reference(policy, dist.device, log=log, shard=shard,
+    policy, reference = with_reference(policy, dist.device, log=log, shard_reference=shard,
                                        compile=dist.device.type == "cuda" and not args.no_compile)
     if dist.is_main:
         log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,
