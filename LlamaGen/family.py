@@ -18,7 +18,7 @@ from torch import nn
 
 from cca.compiling import compile_blocks, eager_fallback_on_errors
 from cca.errors import UsageError
-from cca.parity import register_fixture_kinds
+from cca.fixture_kinds import register_fixture_kinds
 from cca.sample_driver import SampleFn
 from cca.sampling import to_uint8_nhwc
 

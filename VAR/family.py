@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cca.parity import register_fixture_kinds
+from cca.fixture_kinds import register_fixture_kinds
 from cca.sample_driver import SampleFn
 from cca.sampling import to_uint8_nhwc
 

@@ -9,7 +9,6 @@ fixture's files, so any fixture of a supported kind works.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -20,26 +19,9 @@ from safetensors.torch import load_file, save_file
 from cca.conditions import make_conditions
 from cca.cli import exits_on_errors
 from cca.errors import UsageError
+from cca.fixture_kinds import FIXTURE_KINDS, fixture_function
 from cca.loss import compute_loss, sequence_logprob
 
-# fixture kind -> "module:function"; each family module fills in its own kinds when imported (register_fixture_kinds)
-FIXTURE_KINDS: dict[str, str] = {"cca_loss": "cca.parity:cca_loss_fixture"}
-FAMILY_MODULES = ("VAR.family", "LlamaGen.family")
-
-
-def register_fixture_kinds(kinds: dict[str, str]) -> None:
-    """A family's fixture kinds: name -> "module:function" (imported only when such a fixture is computed)."""
-    FIXTURE_KINDS.update(kinds)
-
-
-def fixture_function(kind: str, where: Path):
-    """The function computing fixtures of ``kind``: (fixture_dir, config) -> {name: tensor}."""
-    for module in FAMILY_MODULES:
-        importlib.import_module(module)
-    if kind not in FIXTURE_KINDS:
-        raise UsageError(f"cca.parity: {where}: unknown fixture kind {kind!r}; known: {', '.join(FIXTURE_KINDS)}")
-    module, name = FIXTURE_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def cca_loss_fixture(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -138,7 +120,9 @@ def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"cca.parity: {cfg_path} not found (FIXTURE_DIR must hold config.json and the safetensors)")
     config = json.loads(cfg_path.read_text())
     kind = config.get("fixture")
-    fn = fixture_function(kind, cfg_path)
+    fn = fixture_function(kind)
+    if fn is None:
+        raise UsageError(f"cca.parity: {cfg_path}: unknown fixture kind {kind!r}; known: {', '.join(FIXTURE_KINDS)}")
     with torch.no_grad():
         produced = fn(fixture_dir, config)
     expected_names = set(load_file(str(fixture_dir / "expected.safetensors")))

@@ -13,16 +13,22 @@ import torch
 from cca.errors import UsageError
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+TOP_P_OFF = 1.0      # the nucleus of the whole mass: no nucleus filtering (top_k's "off" is 0)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = TOP_P_OFF) -> torch.Tensor:
     """Copy of ``logits`` (..., V) with -inf outside the top-k and outside the nucleus of mass ``top_p``.
 
-    top_k <= 0 or >= V: no top-k; top_p <= 0 or >= 1: no nucleus. The most likely token is always kept, and so is
+    top_k <= 0 or >= V: no top-k; top_p >= 1 (``TOP_P_OFF``): no nucleus, and top_p must be > 0 (VAR's API, whose
+    0 means off, converts at its edge). The most likely token is always kept, and so is
     every token tied with the smallest kept logit (as the original's ``logits < kth`` comparison does). With a
     top-k the nucleus is found among the k sorted values only: no sort over the whole vocabulary.
     """
+    if not top_p > 0:
+        raise ValueError(f"top_p must be in (0, 1] (1: no nucleus filtering), got {top_p}")
     out = logits.clone()
     V = out.shape[-1]
-    nucleus = 0.0 < top_p < 1.0
+    nucleus = top_p < 1.0
     if 0 < top_k < V:
         ranked = torch.topk(out, top_k, dim=-1).values                # (..., k), descending
         out.masked_fill_(out < ranked[..., -1:], float("-inf"))
@@ -37,7 +43,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> t
     return out
 
 
-def sample_from_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 0.0, temperature: float = 1.0,
+def sample_from_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = TOP_P_OFF, temperature: float = 1.0,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row: (B, V) logits -> (B,) int64, without host syncs.
 
