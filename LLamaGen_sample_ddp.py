@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cca import dist as cdist
-from cca.checkpoint import check_writable_dir, require_checkpoint
-from cca.compiling import compile_blocks
+from cca.checkpoint import require_checkpoint
+from cca.cli import exits_on_errors, start_process
+from cca.errors import UsageError
 from cca.plan import add_dry_run_args
-from cca.sampling import ShardedNpzWriter, balanced_labels, random_labels, to_uint8_nhwc
-from LlamaGen.checkpoints import build_gpt, load_gpt_weights, load_vq
-from LlamaGen.generate import generate
+from cca.sample_driver import SampleRun, sample_npz
+from cca.sampling import balanced_labels, random_labels
+from LlamaGen.family import SampleSpec, load_sampler
 from LlamaGen.gpt import GPT_SIZES
 from LlamaGen.vq_model import VQ_models
 
@@ -76,16 +76,16 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, path in (("--vq-ckpt", args.vq_ckpt), ("--gpt-ckpt/--ckpt_path", args.gpt_ckpt)):
         require_checkpoint(path, flag)
     if args.image_size <= 0 or args.image_size % args.downsample_size:
-        raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
+        raise UsageError(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
                          f"{args.downsample_size}")
     for flag, value in (("--per-proc-batch-size", args.per_proc_batch_size), ("--num-fid-samples",
                         args.num_fid_samples), ("--image-size-eval", args.image_size_eval)):
         if value < 1:
-            raise SystemExit(f"{flag} must be >= 1, got {value}")
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     if args.cfg_scale < 1.0:
-        raise SystemExit(f"--cfg-scale must be >= 1 (1 = guidance-free), got {args.cfg_scale}")
+        raise UsageError(f"--cfg-scale must be >= 1 (1 = guidance-free), got {args.cfg_scale}")
     if not 0.0 < args.top_p <= 1.0 or args.temperature <= 0 or args.top_k < 0:
-        raise SystemExit("--top-p must be in (0, 1], --temperature > 0, --top-k >= 0")
+        raise UsageError("--top-p must be in (0, 1], --temperature > 0, --top-k >= 0")
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -106,79 +106,36 @@ def sample_settings(args: argparse.Namespace, dtype: torch.dtype) -> dict:
     return {**{k: getattr(args, k) for k in keys}, **paths, "dtype": str(dtype)}
 
 
-def make_writer(args: argparse.Namespace, name: str, dist: cdist.Dist, dtype: torch.dtype) -> ShardedNpzWriter:
-    """The npz writer: every sample index's class (uniform draws, or balanced), in index order, with the settings."""
+def sample_run(args: argparse.Namespace, dtype: torch.dtype) -> SampleRun:
+    """Every sample index's class (uniform draws, or balanced) in index order, with the settings."""
     draw = balanced_labels if args.balanced_labels else random_labels
     labels = draw(args.num_fid_samples, args.num_classes, seed=args.global_seed)
-    return ShardedNpzWriter(args.sample_dir, name, labels, rank=dist.rank, world=dist.world_size,
-                            batch_size=args.per_proc_batch_size, shuffle_seed=None,
-                            settings=sample_settings(args, dtype))
+    return SampleRun(args.sample_dir, "--sample-dir", run_name(args), labels, args.per_proc_batch_size,
+                     args.global_seed, sample_settings(args, dtype), png=args.save_png)
 
 
-@torch.no_grad()   # scoped: a caller's grad mode is back after main returns or raises (not a global switch)
+@exits_on_errors
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.dry_run:
         from LlamaGen.plan import dry_run_sample
         return dry_run_sample(args)
     check_args(args)
-    dist = cdist.init(args.device)
+    dist = start_process(args.device)
     cdist.set_tf32(not args.no_tf32)
-    if dist.is_main:      # before any model is loaded
-        check_writable_dir(args.sample_dir, "--sample-dir")
-    cdist.barrier()
     device = dist.device
     dtype = PRECISIONS["bf16" if device.type == "cuda" else "none"] if args.precision == "auto" \
         else PRECISIONS[args.precision]
-
-    latent = args.image_size // args.downsample_size
-    name = run_name(args)
-    writer = make_writer(args, name, dist, dtype)
-    labels = writer.labels
-    if writer.finished():
-        if dist.is_main:
-            print(f"{writer.npz_path} already exists (same settings); nothing to do")
-        return
-
-    vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, device)
-    if vq.downsample != args.downsample_size:
-        raise SystemExit(f"--downsample-size {args.downsample_size}: the tokenizer downsamples by {vq.downsample}")
-    gpt = build_gpt(args.gpt_model, vocab_size=args.codebook_size, image_size=args.image_size,
-                    downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta")
-    load_gpt_weights(gpt, args.gpt_ckpt, flag="--gpt-ckpt/--ckpt_path")
-    gpt = gpt.to(device=device, dtype=dtype).eval()
-    if args.compile or (args.compile is None and device.type == "cuda"):
-        compile_blocks(gpt.layers, device)
-
-    png_dir = Path(args.sample_dir) / name
-    if args.save_png:
-        png_dir.mkdir(parents=True, exist_ok=True)
-    batches = list(writer.pending_batches())
-    if dist.is_main:
-        print(f"sampling {args.num_fid_samples} images ({writer.num_pending()} left on rank 0) with "
-              f"{dist.world_size} process(es) into {writer.npz_path}")
-    from tqdm import tqdm
-    for indices in tqdm(batches, desc="sampling", disable=not dist.is_main, dynamic_ncols=True):
-        cond = torch.from_numpy(labels[indices]).to(device)                         # (b,)
-        gen = torch.Generator(device=device).manual_seed(args.global_seed * 1_000_003 + int(indices[0]))
-        tokens = generate(gpt, cond, latent ** 2, cfg_scale=args.cfg_scale, cfg_interval=int(args.cfg_interval),
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen)
-        images = vq.decode_code(tokens, [len(indices), args.codebook_embed_dim, latent, latent])   # (b, 3, H, W)
-        if args.image_size_eval != args.image_size:
-            images = F.interpolate(images, size=(args.image_size_eval,) * 2, mode="bicubic")
-        pixels = to_uint8_nhwc(images, value_range=(-1.0, 1.0))                    # (b, H, W, 3) uint8
-        writer.save_batch(indices, pixels)
-        if args.save_png:
-            from PIL import Image
-            for i, img in zip(indices, pixels):
-                Image.fromarray(img).save(png_dir / f"{int(i):06d}.png")
-    cdist.barrier()
-    if dist.is_main:
-        path = writer.finalize()
+    spec = SampleSpec(args.gpt_model, args.gpt_ckpt, args.vq_model, args.vq_ckpt, args.codebook_size,
+                      args.codebook_embed_dim, args.image_size, args.image_size_eval, args.downsample_size,
+                      args.num_classes, flag="--gpt-ckpt/--ckpt_path")
+    compile = args.compile or (args.compile is None and device.type == "cuda")
+    path = sample_npz(sample_run(args, dtype), dist, lambda: load_sampler(
+        spec, device, dtype, compile=compile, cfg_scale=args.cfg_scale, cfg_interval=int(args.cfg_interval),
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p))
+    if path is not None:
         with np.load(path) as npz:
             print(f"saved {path} arr_0 {npz['arr_0'].shape} {npz['arr_0'].dtype}, arr_1 {npz['arr_1'].shape}")
-    cdist.barrier()
-    cdist.cleanup()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cca import dist as cdist
+from cca.checkpoint import require_checkpoint, save_atomic
+from cca.cli import exits_on_errors, start_process
+from cca.errors import UsageError
+from cca.finetune_driver import finetune
 from cca.plan import add_dry_run_args
+from cca.schedule import check_schedule
+from cca.train_config import TrainConfig, check_loss_settings
+from VAR.adapter import VAR_NO_DECAY_KEYS, VARAdapter
+from VAR.build import PATCH_NUMS_256, pn_flag
+from VAR.data import build_train_dataset
+from VAR.family import VARSpec, finetune_models
 
 
 def flag_bool(text: str) -> bool:
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--depth", type=int, default=16, help="VAR depth (16, 20, 24, 30 released)")
     g.add_argument("--num_classes", type=int, default=1000, help="classes (= class folders in --data_path)")
-    g.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums (256, 512 or 1_2_3_...)")
+    g.add_argument("--pn", default=pn_flag(PATCH_NUMS_256), help="patch nums (256, 512 or 1_2_3_...)")
     g.add_argument("--saln", type=flag_bool, default=False, help="shared AdaLN (1 for d36-s: --depth 36 --pn 512)")
     g.add_argument("--alng", type=float, default=1e-5, help="AdaLN gamma init multiplier (initialisation only; "
                    "the weights come from --ref_ckpt, as in the original)")
@@ -112,30 +123,24 @@ def check_args(args: argparse.Namespace, world: int) -> int:
     for flag, value in (("--depth", args.depth), ("--bs", args.bs), ("--ac", args.ac), ("--ep", args.ep),
                         ("--num_classes", args.num_classes)):
         if value < 1:
-            raise SystemExit(f"{flag}: must be a positive integer, got {value}")
-    if not 0.0 <= args.uncond_ratio < 1.0:
-        raise SystemExit(f"--uncond_ratio: must be in [0, 1), got {args.uncond_ratio}")
-    from cca.schedule import check_schedule
+            raise UsageError(f"{flag}: must be a positive integer, got {value}")
+    check_loss_settings(args.loss_type, args.uncond_ratio)
     try:
         check_schedule(args.sche)
     except ValueError as e:
-        raise SystemExit(f"--sche: {e}") from None
-    from cca.checkpoint import require_checkpoint
-    from cca.loss import LOSS_TYPES
-    if args.loss_type.lower() not in {t.lower() for t in LOSS_TYPES}:
-        raise SystemExit(f"--loss_type: expected one of {', '.join(LOSS_TYPES)}, got {args.loss_type!r}")
+        raise UsageError(f"--sche: {e}") from None
     for flag, path in (("--ref_ckpt", args.ref_ckpt), ("--vae_ckpt", args.vae_ckpt)):
         require_checkpoint(path, flag)
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
-        raise SystemExit(f"--resume: {args.resume} not found (expected the resume.pt of an earlier run, or no value "
+        raise UsageError(f"--resume: {args.resume} not found (expected the resume.pt of an earlier run, or no value "
                          f"for <run folder>/resume.pt)")
     out = (Path(args.local_out_dir) / args.exp_name).absolute()
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise SystemExit(f"--local_out_dir: cannot create {out} ({existing} is not a writable folder)")
+        raise UsageError(f"--local_out_dir: cannot create {out} ({existing} is not a writable folder)")
     micro = round(args.bs / args.ac / world)
     if micro < 1:
-        raise SystemExit(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty per-process "
+        raise UsageError(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty per-process "
                          f"batch (need --bs >= --ac x processes)")
     return micro
 
@@ -149,8 +154,6 @@ def train_config(args: argparse.Namespace, world: int, num_images: int, out_dir:
     """The original recipe from the flags: per-process micro-batch round(bs / ac / world), lr = ac x tblr x
     (micro x world) / 256, mean of the micro-batch gradients, the schedule indexed by micro-iteration over
     ep x ceil(images / (micro x world)) of them (the original loader's length), warmup wp (0: ep/50) epochs."""
-    from cca.trainer import TrainConfig
-    from VAR.adapter import VAR_NO_DECAY_KEYS
     micro = round(args.bs / args.ac / world)
     iters_per_epoch = math.ceil(num_images / (micro * world))
     total_steps = args.ep * steps_per_epoch(args, world, num_images)
@@ -164,73 +167,42 @@ def train_config(args: argparse.Namespace, world: int, num_images: int, out_dir:
         warmup_start=args.wp0, final_lr_ratio=args.wpe, precision={0: "fp32", 1: "fp16", 2: "bf16"}[args.fp16],
         fp16_scaler=(2.0 ** 11, 1000, 2.0 ** 15), log_every=max(1, min(10, total_steps)),
         ref_train_mode=bool(args.ref_dropout), seed=args.seed, resume=args.resume, num_workers=args.workers,
-        ckpt_every=max(args.ckpt_every, 0), split_halves=not args.joint_halves,
+        ckpt_every=max(args.ckpt_every, 0), joint_halves=args.joint_halves,
         roll_per_micro_batch=args.roll_per_micro_batch, no_decay_keys=VAR_NO_DECAY_KEYS,
         extra={"cli": vars(args), "argv": sys.argv[1:]})
 
 
-def build_models(args: argparse.Namespace, patch_nums: tuple[int, ...], device: torch.device):
-    """(vae, policy, reference) on ``device``, both transformers loaded from --ref_ckpt (built on meta first)."""
-    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
-    vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
-    load_vae_weights(vae, args.vae_ckpt)
-    models = []
-    for _ in range(2):   # policy, reference: separate tensors (each load maps the file privately)
-        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
-                        shared_aln=args.saln, init_adaln_gamma=args.alng, dpr_ratio=args.dpr_ratio,
-                        cond_drop_rate=0.0, device="meta")
-        models.append(load_var_weights(var, args.ref_ckpt, flag="--ref_ckpt").to(device))
-    return vae.to(device), *models
-
-
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.dry_run:
         from VAR.plan import dry_run_finetune
         return dry_run_finetune(args)
-    from VAR.build import parse_patch_nums
-    patch_nums = parse_patch_nums(args.pn)
-
-    from cca import dist as cdist
-    from cca.checkpoint import CheckpointError, save_atomic
-    from cca.trainer import Trainer
-    from VAR.adapter import VARAdapter
-    from VAR.data import build_train_dataset
-
-    d = cdist.init()
-    micro = check_args(args, d.world_size)
+    spec = VARSpec.from_args(args)
+    dist = start_process()
+    micro = check_args(args, dist.world_size)
     cdist.set_tf32(args.tf32)
-    dataset = build_train_dataset(args.data_path, patch_nums[-1] * 16, mid_reso=args.mid_reso, hflip=args.hflip,
-                                  num_classes=args.num_classes)
-    if steps_per_epoch(args, d.world_size, len(dataset)) == 0:
-        raise SystemExit(f"--data_path: {len(dataset)} images are fewer than one global batch "
-                         f"({d.world_size} x {micro * args.ac}); lower --bs")
-    seed = args.seed * d.world_size + d.rank
+    dataset = build_train_dataset(args.data_path, spec.patch_nums[-1] * 16, mid_reso=args.mid_reso,
+                                  hflip=args.hflip, num_classes=args.num_classes)
+    steps = args.ep * steps_per_epoch(args, dist.world_size, len(dataset))
+    if steps == 0:
+        raise UsageError(f"--data_path: {len(dataset)} images are fewer than one global batch "
+                         f"({dist.world_size} x {micro * args.ac}); lower --bs")
+    seed = args.seed * dist.world_size + dist.rank
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-    try:   # heavy part: models on the meta device, then the checkpoints' tensors
-        vae, policy, reference = build_models(args, patch_nums, d.device)
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
-
+    vae, policy, reference = finetune_models(spec, args.ref_ckpt, dist.device, init_adaln_gamma=args.alng,
+                                             dpr_ratio=args.dpr_ratio)
     out_dir = Path(args.local_out_dir) / args.exp_name
-    cfg = train_config(args, d.world_size, len(dataset), out_dir)
-
-    def export(state_dict: dict, step: int, final: bool) -> None:
-        save_atomic(state_dict, out_dir / "ar-ckpt-last.pth")
-
-    trainer = Trainer(policy, reference, VARAdapter(vae, args.num_classes), cfg, dist=d, export=export)
-    if d.is_main:
-        steps = args.ep * steps_per_epoch(args, d.world_size, len(dataset))
+    cfg = train_config(args, dist.world_size, len(dataset), out_dir)
+    if dist.is_main:
         print(f"[VAR_finetune] depth {args.depth}, {len(dataset)} images in {args.num_classes} classes, "
-              f"{d.world_size} process(es) x {micro} rows x {args.ac} accumulation, lr {cfg.lr:.3g}, "
+              f"{dist.world_size} process(es) x {micro} rows x {args.ac} accumulation, lr {cfg.lr:.3g}, "
               f"{min(steps, args.max_steps or steps)} steps -> {out_dir}", flush=True)
-    try:
-        trainer.fit(dataset)
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
-    if d.is_main:
-        print(f"[VAR_finetune] done: {out_dir / 'ar-ckpt-last.pth'}", flush=True)
-    cdist.cleanup()
+    weights = out_dir / "ar-ckpt-last.pth"
+    finetune(policy, reference, VARAdapter(vae, args.num_classes), dataset, cfg, dist,
+             make_export=lambda trainer: lambda state_dict, step, final: save_atomic(state_dict, weights))
+    if dist.is_main:
+        print(f"[VAR_finetune] done: {weights}", flush=True)
     return 0
 
 

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cca import dist as cdist
+from cca.cli import exits_on_errors, start_process
+from cca.errors import UsageError
 from cca.plan import add_dry_run_args
+from cca.sample_driver import SampleRun, sample_npz
+from VAR.build import PATCH_NUMS_256, pn_flag
+from VAR.family import VARSpec, load_sampler
 from VAR_finetune import flag_bool
 
 
@@ -44,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round_uint8", type=flag_bool, default=False,
                    help="round pixels to the nearest level (the original cuts x·255, half a level darker)")
     p.add_argument("--tf32", type=flag_bool, default=True, help="TensorFloat-32 float32 matmuls on CUDA")
-    p.add_argument("--pn", default="1_2_3_4_5_6_8_10_13_16", help="patch nums of the model (256, 512 or 1_2_3_...)")
+    p.add_argument("--pn", default=pn_flag(PATCH_NUMS_256), help="patch nums of the model (256, 512 or 1_2_3_...)")
     p.add_argument("--saln", type=flag_bool, default=False, help="shared AdaLN (1 for d36-s: --depth 36 --pn 512)")
     p.add_argument("--vae_ch", type=int, default=160, help="VQVAE base width")
     p.add_argument("--vae_V", type=int, default=4096, help="VQVAE codebook size")
@@ -74,87 +80,33 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--depth", args.depth), ("--num_per_class", args.num_per_class),
                         ("--num_classes", args.num_classes), ("--batch_size", args.batch_size)):
         if value < 1:
-            raise SystemExit(f"{flag}: must be a positive integer, got {value}")
+            raise UsageError(f"{flag}: must be a positive integer, got {value}")
     if args.top_k < 0 or not 0.0 <= args.top_p <= 1.0:
-        raise SystemExit(f"--top_k must be >= 0 and --top_p in [0, 1], got {args.top_k} / {args.top_p}")
+        raise UsageError(f"--top_k must be >= 0 and --top_p in [0, 1], got {args.top_k} / {args.top_p}")
     for flag, path in (("--ckpt_path", args.ckpt_path), ("--vae_ckpt", args.vae_ckpt)):
         require_checkpoint(path, flag)
 
 
-def load_models(args: argparse.Namespace, patch_nums: tuple[int, ...], device: torch.device):
-    """(vae, var) for sampling, built on meta and loaded strictly from --vae_ckpt / --ckpt_path, in eval mode."""
-    from cca.checkpoint import CheckpointError
-    from VAR.build import build_vae, build_var, load_vae_weights, load_var_weights
-    try:
-        vae = build_vae(V=args.vae_V, Cvae=args.vae_Cvae, ch=args.vae_ch, patch_nums=patch_nums, device="meta")
-        load_vae_weights(vae, args.vae_ckpt)
-        var = build_var(vae, depth=args.depth, num_classes=args.num_classes, patch_nums=patch_nums,
-                        shared_aln=args.saln, cond_drop_rate=0.0, device="meta")
-        load_var_weights(var, args.ckpt_path, flag="--ckpt_path")
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
-    return vae.to(device).eval(), var.to(device).eval().requires_grad_(False)
-
-
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.dry_run:
         from VAR.plan import dry_run_sample
         return dry_run_sample(args)
-    from VAR.build import parse_patch_nums
-    patch_nums = parse_patch_nums(args.pn)
+    spec = VARSpec.from_args(args)
     check_args(args)
-
-    from tqdm.auto import tqdm
-
-    from cca import dist as cdist
-    from cca.checkpoint import check_writable_dir
-    from cca.sampling import ShardedNpzWriter, to_uint8_nhwc
-
-    d = cdist.init()
+    dist = start_process()
     cdist.set_tf32(args.tf32)
     torch.backends.cudnn.deterministic = True        # as the original sampler
-    sample_dir = check_writable_dir(args.sample_dir, "--sample_dir") if d.is_main else Path(args.sample_dir)
-    cdist.barrier()
-    name = run_name(args)
     labels = np.repeat(np.arange(args.num_classes, dtype=np.int64), args.num_per_class)   # index -> class
-    writer = ShardedNpzWriter(sample_dir, name, labels, rank=d.rank, world=d.world_size,
-                              batch_size=args.batch_size, shuffle_seed=args.seed, settings=sample_settings(args))
-    if writer.finished():
-        if d.is_main:
-            print(f"[VAR_sample] {writer.npz_path} already exists (same settings); nothing to do", flush=True)
-        return 0
-
-    _, var = load_models(args, patch_nums, d.device)
-    png_dir = sample_dir / name if args.png else None
-    if png_dir is not None:
-        png_dir.mkdir(parents=True, exist_ok=True)
-
-    autocast = torch.autocast("cuda", dtype=torch.float16) if d.device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
-    pending = list(writer.pending_batches())
-    bar = tqdm(total=sum(len(b) for b in pending), desc=f"sampling {name}", disable=not d.is_main,
-               dynamic_ncols=True)
-    for indices in pending:
-        label_B = torch.from_numpy(labels[indices]).to(d.device)
-        with torch.inference_mode(), autocast:
-            images = var.autoregressive_infer_cfg(len(indices), label_B, g_seed=args.seed * 1_000_003 + int(indices[0]),
-                                                  cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                                  more_smooth=args.more_smooth)   # (b, 3, H, W) in [0, 1]
-        images = to_uint8_nhwc(images, rounding="nearest" if args.round_uint8 else "truncate")   # (b, H, W, 3)
-        if png_dir is not None:
-            from PIL import Image
-            for i, img in zip(indices, images):
-                Image.fromarray(img).save(png_dir / f"{int(i):06d}.png")
-        writer.save_batch(indices, images)
-        bar.update(len(indices))
-    bar.close()
-    cdist.barrier()
-    if d.is_main:
-        path = writer.finalize()
-        print(f"[VAR_sample] wrote {path} ({writer.num_samples} images, cfg {args.cfg:g})", flush=True)
-    cdist.barrier()
-    cdist.cleanup()
+    run = SampleRun(args.sample_dir, "--sample_dir", run_name(args), labels, args.batch_size, args.seed,
+                    sample_settings(args), shuffle_seed=args.seed, png=args.png,
+                    say=lambda text: print(f"[VAR_sample] {text}", flush=True))
+    path = sample_npz(run, dist, lambda: load_sampler(spec, args.ckpt_path, dist.device, cfg=args.cfg,
+                                                      top_k=args.top_k, top_p=args.top_p,
+                                                      more_smooth=args.more_smooth, round_uint8=args.round_uint8))
+    if path is not None:
+        run.say(f"wrote {path} ({len(labels)} images, cfg {args.cfg:g})")
     return 0
 
 

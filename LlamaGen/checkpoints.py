@@ -14,6 +14,7 @@ import torch
 from cca.checkpoint import CheckpointError, load_state_dict_file, load_strict
 from LlamaGen.gpt import GPT_SIZES, ModelArgs, Transformer
 from LlamaGen.vq_model import VQ_models, VQModel, VQModelArgs
+from cca.errors import UsageError
 
 _VQ_CH_MULT = {"VQ-16": [1, 1, 2, 2, 4], "VQ-8": [1, 2, 2, 4]}
 
@@ -69,9 +70,9 @@ def build_gpt(gpt_model: str, *, vocab_size: int, image_size: int, downsample_si
     the CCA fine-tunes use 1e-5 with DDP, 1e-6 with FSDP, as the original).
     A wrong ``gpt_type`` / ``cls_token_num`` raises the model's ValueError."""
     if gpt_model not in GPT_SIZES:
-        raise SystemExit(f"--gpt-model: unknown size {gpt_model!r}; choose from {', '.join(GPT_SIZES)}")
+        raise UsageError(f"--gpt-model: unknown size {gpt_model!r}; choose from {', '.join(GPT_SIZES)}")
     if image_size % downsample_size:
-        raise SystemExit(f"--image-size {image_size} is not a multiple of --downsample-size {downsample_size}")
+        raise UsageError(f"--image-size {image_size} is not a multiple of --downsample-size {downsample_size}")
     tokens = cls_token_num if cls_token_num is not None else (1 if gpt_type == "c2i" else 120)
     n_layer, n_head, dim = GPT_SIZES[gpt_model]
     args = ModelArgs(dim=dim, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size, num_classes=num_classes,
@@ -86,14 +87,11 @@ def build_gpt(gpt_model: str, *, vocab_size: int, image_size: int, downsample_si
 def load_gpt_weights(model: Transformer, path: str, flag: str = "--gpt-ckpt") -> Transformer:
     """Strict load of a GPT checkpoint file into ``model`` (tensors assigned when the model is on 'meta')."""
     try:
-        try:
-            sd = load_state_dict_file(path)
-        except CheckpointError as e:
-            raise CheckpointError(f"{flag}: {e}") from None
-        on_meta = model.tok_embeddings.weight.is_meta
-        load_strict(model, sd, source=f"{flag} {path}", hint=gpt_hint(model), assign=on_meta)
+        sd = load_state_dict_file(path)
     except CheckpointError as e:
-        raise SystemExit(str(e)) from None
+        raise CheckpointError(f"{flag}: {e}") from None
+    on_meta = model.tok_embeddings.weight.is_meta
+    load_strict(model, sd, source=f"{flag} {path}", hint=gpt_hint(model), assign=on_meta)
     return model
 
 
@@ -102,7 +100,7 @@ def vq_args_from_state_dict(sd: dict[str, torch.Tensor], source: str) -> VQModel
     """Architecture of a VQ checkpoint read from its shapes (ch, ch_mult, res blocks, z channels, codebook)."""
     need = ("encoder.conv_in.weight", "encoder.conv_out.weight", "quantize.embedding.weight")
     if any(k not in sd for k in need):
-        raise SystemExit(f"{source}: not a LlamaGen VQ tokenizer checkpoint (no {', '.join(need)})")
+        raise UsageError(f"{source}: not a LlamaGen VQ tokenizer checkpoint (no {', '.join(need)})")
     ch = sd["encoder.conv_in.weight"].shape[0]
     levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k))})
     enc_mult = [sd[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] // ch for i in levels]
@@ -122,24 +120,21 @@ def load_vq(path: str, vq_model: str = "VQ-16", codebook_size: int = 16384, code
 
     Widths and block counts come from the file (the released VQ-16 has ch 128, 2 blocks, z 256)."""
     if vq_model not in VQ_models:
-        raise SystemExit(f"--vq-model: unknown tokenizer {vq_model!r}; choose from {', '.join(VQ_models)}")
+        raise UsageError(f"--vq-model: unknown tokenizer {vq_model!r}; choose from {', '.join(VQ_models)}")
     try:
         sd = load_state_dict_file(path)
     except CheckpointError as e:
-        raise SystemExit(f"{flag}: {e}") from None
+        raise CheckpointError(f"{flag}: {e}") from None
     args = vq_args_from_state_dict(sd, f"{flag} {path}")
     if (args.codebook_size, args.codebook_embed_dim) != (codebook_size, codebook_embed_dim):
-        raise SystemExit(f"{flag} {path}: codebook is {args.codebook_size} x {args.codebook_embed_dim}, flags say "
+        raise UsageError(f"{flag} {path}: codebook is {args.codebook_size} x {args.codebook_embed_dim}, flags say "
                          f"{codebook_size} x {codebook_embed_dim}; pass --codebook-size {args.codebook_size} "
                          f"--codebook-embed-dim {args.codebook_embed_dim}")
     if len(args.encoder_ch_mult) != len(_VQ_CH_MULT[vq_model]):
         other = next((n for n, m in _VQ_CH_MULT.items() if len(m) == len(args.encoder_ch_mult)), None)
-        raise SystemExit(f"{flag} {path}: downsamples by {2 ** (len(args.encoder_ch_mult) - 1)}, not like "
+        raise UsageError(f"{flag} {path}: downsamples by {2 ** (len(args.encoder_ch_mult) - 1)}, not like "
                          f"{vq_model}" + (f"; pass --vq-model {other}" if other else ""))
     with torch.device("meta"):
         model = VQModel(args)
-    try:
-        load_strict(model, sd, source=f"{flag} {path}", assign=True)
-    except CheckpointError as e:
-        raise SystemExit(str(e)) from None
+    load_strict(model, sd, source=f"{flag} {path}", assign=True)
     return model.to(device).eval()

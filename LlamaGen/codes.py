@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from cca.errors import UsageError
 
 
 def code_prefix(dataset: str) -> str:
@@ -41,7 +42,7 @@ def load_npy(path: Path, source: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise SystemExit(f"{source}: {path.parent.name}/{path.name} is not a readable .npy array "
+        raise UsageError(f"{source}: {path.parent.name}/{path.name} is not a readable .npy array "
                          f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
 
 
@@ -53,12 +54,12 @@ class CodeDataset(Dataset):
         self.codes_dir, self.labels_dir = code_dirs(code_path, image_size, dataset)
         for folder in (self.codes_dir, self.labels_dir):
             if not folder.is_dir():
-                raise SystemExit(f"--code-path {code_path}: {folder.name}/ not found (expected {self.codes_dir.name}/"
+                raise UsageError(f"--code-path {code_path}: {folder.name}/ not found (expected {self.codes_dir.name}/"
                                  f" and {self.labels_dir.name}/ for --image-size {image_size}; run "
                                  f"LlamaGen/extract_codes_c2i.py first)")
         both = _ids(self.codes_dir) & _ids(self.labels_dir)
         if not both:
-            raise SystemExit(f"--code-path {code_path}: no <i>.npy files in both {self.codes_dir.name}/ and "
+            raise UsageError(f"--code-path {code_path}: no <i>.npy files in both {self.codes_dir.name}/ and "
                              f"{self.labels_dir.name}/")
         self.ids = sorted(both)
         self.seq_len = (image_size // downsample_size) ** 2
@@ -70,12 +71,12 @@ class CodeDataset(Dataset):
             alt_labels.is_dir() and sibling != Path(code_path) else None
         first = load_npy(self.codes_dir / f"{self.ids[0]}.npy", f"--code-path {code_path}")
         if first.dtype.kind not in "iu":
-            raise SystemExit(f"--code-path {code_path}: {self.codes_dir.name}/{self.ids[0]}.npy holds {first.dtype}; "
+            raise UsageError(f"--code-path {code_path}: {self.codes_dir.name}/{self.ids[0]}.npy holds {first.dtype}; "
                              f"expected integer VQ codes")
         tokens = first.shape[-1] if first.ndim else 0
         if tokens != self.seq_len:
             side = int(round(tokens ** 0.5))
-            raise SystemExit(f"--code-path {code_path}: codes have {tokens} tokens per image "
+            raise UsageError(f"--code-path {code_path}: codes have {tokens} tokens per image "
                              f"({side}x{side} grid), but --image-size {image_size} / --downsample-size "
                              f"{downsample_size} needs {self.seq_len}")
 

@@ -37,6 +37,8 @@ from LlamaGen.captions import listed_records, record_file
 from LlamaGen.checkpoints import load_vq
 from LlamaGen.codes import code_dirs
 from LlamaGen.vq_model import VQ_models
+from cca.cli import exits_on_errors, finish_process, start_process
+from cca.errors import UsageError
 
 
 def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
@@ -123,7 +125,7 @@ def class_images(args: argparse.Namespace) -> tuple[torch.utils.data.Dataset, Ou
         dataset = ImageFolder(args.data_path, transform=ViewsTransform(args.image_size, args.ten_crop,
                                                                        args.crop_range))
     except (FileNotFoundError, RuntimeError) as e:
-        raise SystemExit(f"--data-path {args.data_path}: {e}") from None
+        raise UsageError(f"--data-path {args.data_path}: {e}") from None
     codes_dir, labels_dir = code_dirs(args.code_path, args.image_size, args.dataset)
     return dataset, lambda i: (codes_dir / f"{i}.npy", labels_dir / f"{i}.npy")
 
@@ -131,34 +133,35 @@ def class_images(args: argparse.Namespace) -> tuple[torch.utils.data.Dataset, Ou
 def listed_images(args: argparse.Namespace) -> tuple[torch.utils.data.Dataset, Outputs]:
     """A T2I listing: one centre crop per record's image_path, written as <stem>/<line>.npy (no label)."""
     if args.ten_crop:
-        raise SystemExit("--ten-crop: T2I listings are encoded as one centre crop (as the original "
+        raise UsageError("--ten-crop: T2I listings are encoded as one centre crop (as the original "
                          "extract_codes_t2i.py); drop the flag")
     try:
         records = listed_records(args.data_path, args.data_start, args.data_end)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise UsageError(str(e)) from None
     bad = next(((stem, i) for r, stem, i in records if not isinstance(r.get("image_path"), str)), None)
     if bad is not None:
-        raise SystemExit(f"--data-path: {bad[0]}.jsonl line {bad[1] + 1} has no \"image_path\" string")
+        raise UsageError(f"--data-path: {bad[0]}.jsonl line {bad[1] + 1} has no \"image_path\" string")
     dataset = ListedImages([r["image_path"] for r, _, _ in records],
                            ViewsTransform(args.image_size, False, 1.0, flip=False))
     return dataset, lambda i: (record_file(args.code_path, records[i][1], records[i][2]), None)
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not os.path.isdir(args.data_path):
-        raise SystemExit(f"--data-path {args.data_path}: folder not found")
+        raise UsageError(f"--data-path {args.data_path}: folder not found")
     require_checkpoint(args.vq_ckpt, "--vq-ckpt")
     if args.ten_crop and args.crop_range < 1.0:
-        raise SystemExit(f"--crop-range must be >= 1 with --ten-crop, got {args.crop_range}")
+        raise UsageError(f"--crop-range must be >= 1 with --ten-crop, got {args.crop_range}")
     listing = any(name.endswith(".jsonl") for name in os.listdir(args.data_path))
     dataset, outputs = listed_images(args) if listing else class_images(args)
-    dist = cdist.init()
+    dist = start_process()
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, dist.device)
     if args.image_size % vq.downsample:
-        raise SystemExit(f"--image-size {args.image_size} is not a multiple of the tokenizer's {vq.downsample}")
+        raise UsageError(f"--image-size {args.image_size} is not a multiple of the tokenizer's {vq.downsample}")
     if dist.is_main:
         check_writable_dir(args.code_path, "--code-path")
     cdist.barrier()
@@ -180,10 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             save_npy(codes_file, codes if label_file is not None else codes[:, 0])   # T2I: (1, h*w)
             if label_file is not None:
                 save_npy(label_file, label.reshape(1).numpy().astype(np.int64))
-    cdist.barrier()
-    if dist.is_main:
-        print(f"codes of {len(dataset)} images under {args.code_path}")
-    cdist.cleanup()
+    finish_process(dist, f"codes of {len(dataset)} images under {args.code_path}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from cca.checkpoint import check_writable_dir
 from LlamaGen.caption_text import preprocess
 from LlamaGen.captions import listed_records, record_file
 from LlamaGen.extract_codes_c2i import save_npy
+from cca.cli import exits_on_errors, finish_process, start_process
+from cca.errors import UsageError
 
 CAPTION_KEY = {"blip": 0, "llava": 1, "llava_first": 2}
 HUB_REPOS = {"flan-t5-xl": "google/flan-t5-xl", "t5-v1_1-xl": "google/t5-v1_1-xl",
@@ -46,7 +48,7 @@ def caption_of(record: dict, key: str, trunc: bool, where: str) -> str:
     if isinstance(text, list) and CAPTION_KEY[key] < len(text) and isinstance(text[CAPTION_KEY[key]], str):
         text = text[CAPTION_KEY[key]]
     if not isinstance(text, str):
-        raise SystemExit(f"--data-path: {where} has no caption for --caption-key {key} (expected \"text\": a string "
+        raise UsageError(f"--data-path: {where} has no caption for --caption-key {key} (expected \"text\": a string "
                          f"or a list with a string at index {CAPTION_KEY[key]})")
     return text.split(".")[0] if trunc else text
 
@@ -57,7 +59,7 @@ def t5_folder(model_path: str | None, model_type: str) -> Path:
         for folder in (Path(model_path) / model_type, Path(model_path)):
             if (folder / "config.json").is_file():
                 return folder
-        raise SystemExit(f"--t5-model-path {model_path}: no T5 model there (expected config.json in it or in "
+        raise UsageError(f"--t5-model-path {model_path}: no T5 model there (expected config.json in it or in "
                          f"{model_type}/)")
     repo = HUB_REPOS[model_type]
     try:
@@ -65,7 +67,7 @@ def t5_folder(model_path: str | None, model_type: str) -> Path:
         return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "spiece.model"]))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SystemExit(f"--t5-model-type {model_type}: could not fetch {repo} from the Hugging Face hub "
+        raise UsageError(f"--t5-model-type {model_type}: could not fetch {repo} from the Hugging Face hub "
                          f"({type(e).__name__}: {first[:160]}); download it where you are online with "
                          f"`hf download {repo} --local-dir DIR` and pass --t5-model-path DIR") from None
 
@@ -75,7 +77,7 @@ def load_t5(folder: Path, dtype: torch.dtype, device: torch.device):
     try:
         from transformers import AutoTokenizer, T5EncoderModel
     except ImportError:
-        raise SystemExit("extract_t5_features.py needs transformers: pip install -r requirements.txt") from None
+        raise UsageError("extract_t5_features.py needs transformers: pip install -r requirements.txt") from None
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     encoder = T5EncoderModel.from_pretrained(str(folder), dtype=dtype).to(device).eval()
     return tokenizer, encoder
@@ -112,18 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.t5_feature_max_len < 1 or args.batch_size < 1:
-        raise SystemExit("--t5-feature-max-len and --batch-size must be >= 1")
+        raise UsageError("--t5-feature-max-len and --batch-size must be >= 1")
     try:
         records = listed_records(args.data_path, args.data_start, args.data_end)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise UsageError(str(e)) from None
     captions = [caption_of(r, args.caption_key, args.trunc_caption, f"{stem}.jsonl line {i + 1}")
                 for r, stem, i in records]
     folder = t5_folder(args.t5_model_path, args.t5_model_type)
-    dist = cdist.init()
+    dist = start_process()
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     if dist.is_main:
         check_writable_dir(args.t5_path, "--t5-path")
@@ -138,10 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                                                args.t5_feature_max_len)):
             outputs[j].parent.mkdir(parents=True, exist_ok=True)
             save_npy(outputs[j], feats)
-    cdist.barrier()
-    if dist.is_main:
-        print(f"T5 features of {len(records)} captions in {args.t5_path}")
-    cdist.cleanup()
+    finish_process(dist, f"T5 features of {len(records)} captions in {args.t5_path}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ learning-rate schedule.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import os
 from pathlib import Path
@@ -23,15 +22,18 @@ import torch
 
 from cca import dcp
 from cca import dist as cdist
-from cca.checkpoint import CheckpointError, check_writable_dir, require_checkpoint, save_atomic
-from cca.compiling import compile_blocks
+from cca.checkpoint import check_writable_dir, require_checkpoint, save_atomic
+from cca.cli import exits_on_errors, start_process
+from cca.errors import UsageError
+from cca.finetune_driver import finetune
 from cca.loss import LOSS_TYPES
 from cca.plan import add_dry_run_args
-from cca.train_config import TORCH_FP16_SCALER
+from cca.train_config import TORCH_FP16_SCALER, check_loss_settings
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen.adapter import LlamaGenAdapter
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
 from LlamaGen.codes import CodeDataset, code_prefix, load_npy
+from LlamaGen.family import with_reference
 from LlamaGen.fsdp import DTYPES
 from LlamaGen.gpt import GPT_SIZES
 
@@ -131,24 +133,21 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace, world: int, fsdp: bool = False) -> None:
     """One-line errors for bad flags, before any heavy work."""
     if fsdp and args.ema:
-        raise SystemExit("--ema is only supported by LlamaGen_finetune.py (DDP), not with FSDP")
-    if args.loss_type.lower() not in {n.lower() for n in LOSS_TYPES}:
-        raise SystemExit(f"--loss_type: unknown {args.loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
+        raise UsageError("--ema is only supported by LlamaGen_finetune.py (DDP), not with FSDP")
+    check_loss_settings(args.loss_type, args.uncond_ratio)
     require_checkpoint(args.ref_ckpt, "--ref_ckpt")
     if args.image_size <= 0 or args.image_size % args.downsample_size:
-        raise SystemExit(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
+        raise UsageError(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
                          f"{args.downsample_size}")
     if args.grad_accum < 1:
-        raise SystemExit(f"--gradient-accumulation-steps must be >= 1, got {args.grad_accum}")
+        raise UsageError(f"--gradient-accumulation-steps must be >= 1, got {args.grad_accum}")
     if args.global_batch_size < 1 or args.global_batch_size % (world * args.grad_accum):
-        raise SystemExit(f"--global-batch-size {args.global_batch_size} must be divisible by world size {world} x "
+        raise UsageError(f"--global-batch-size {args.global_batch_size} must be divisible by world size {world} x "
                          f"--gradient-accumulation-steps {args.grad_accum}")
-    if not 0.0 <= args.uncond_ratio < 1.0:
-        raise SystemExit(f"--uncond_ratio must be in [0, 1), got {args.uncond_ratio}")
     if args.lr <= 0 or args.epochs <= 0:
-        raise SystemExit("--lr and --epochs must be positive")
+        raise UsageError("--lr and --epochs must be positive")
     if args.max_grad_norm < 0:
-        raise SystemExit(f"--max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
+        raise UsageError(f"--max-grad-norm must be >= 0 (0: no clipping), got {args.max_grad_norm}")
 
 
 def check_codes(dataset: CodeDataset, vocab_size: int, code_path: str, num_classes: int) -> None:
@@ -158,10 +157,10 @@ def check_codes(dataset: CodeDataset, vocab_size: int, code_path: str, num_class
         codes, labels = (load_npy(folder / f"{i}.npy", f"--code-path {code_path}")
                          for folder in (dataset.codes_dir, dataset.labels_dir))
         if codes.min() < 0 or codes.max() >= vocab_size:
-            raise SystemExit(f"--code-path {code_path}: {dataset.codes_dir.name}/{i}.npy has code {int(codes.max())}"
+            raise UsageError(f"--code-path {code_path}: {dataset.codes_dir.name}/{i}.npy has code {int(codes.max())}"
                              f" outside [0, {vocab_size}); pass the tokenizer's --vocab-size")
         if labels.size != 1 or not 0 <= int(labels.reshape(-1)[0]) < num_classes:
-            raise SystemExit(f"--code-path {code_path}: {dataset.labels_dir.name}/{i}.npy holds {labels.tolist()}; "
+            raise UsageError(f"--code-path {code_path}: {dataset.labels_dir.name}/{i}.npy holds {labels.tolist()}; "
                              f"expected one class label in [0, {num_classes}) (--num-classes)")
 
 
@@ -175,7 +174,7 @@ def run_dir(args: argparse.Namespace, dist: cdist.Dist) -> tuple[Path, str | Non
         if args.resume and args.resume != "auto":
             resume = dcp.find(args.resume)
             if resume is None:
-                raise SystemExit(f"--resume {args.resume}: no resume.pt there (nor a resume/step-* checkpoint)")
+                raise UsageError(f"--resume {args.resume}: no resume.pt there (nor a resume/step-* checkpoint)")
             folder = dcp.run_folder(resume)
         else:
             runs = sorted(d for d in results.glob(f"[0-9][0-9][0-9]-{tag}") if dcp.find(d) is not None)
@@ -212,20 +211,13 @@ def build_policy(args: argparse.Namespace, fsdp: bool) -> torch.nn.Module:
     return load_gpt_weights(policy, args.ref_ckpt, flag="--ref_ckpt")
 
 
-def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.Dist, fsdp: bool,
-                 log: logging.Logger):
-    """(policy, frozen reference copy) on the device, compiled per block on CUDA, sharded per block under FSDP."""
-    reference = copy.deepcopy(policy).requires_grad_(False)     # a separate copy, never updated
-    policy, reference = policy.to(dist.device).float(), reference.to(dist.device, DTYPES[args.ref_dtype])
-    if dist.device.type == "cuda" and not args.no_compile:
-        compile_blocks(list(policy.layers) + list(reference.layers), dist.device, log)
-    if fsdp:
-        from LlamaGen.fsdp import shard_gpt
-        grads = args.grad_precision or PRECISION[args.mixed_precision]
-        policy = shard_gpt(policy, args.data_parallel, PRECISION[args.mixed_precision], grads, dist)
-        ref_precision = "bf16" if args.ref_dtype == "bf16" else PRECISION[args.mixed_precision]
-        reference = shard_gpt(reference, args.data_parallel, ref_precision, grads, dist)
-    return policy, reference
+def fsdp_sharding(args: argparse.Namespace, dist: cdist.Dist, precision: str | None = None):
+    """model -> model sharded per block as --data-parallel, --mixed-precision (or ``precision``) and
+    --grad-precision say."""
+    from LlamaGen.fsdp import shard_gpt
+    grads = args.grad_precision or PRECISION[args.mixed_precision]
+    params = precision or PRECISION[args.mixed_precision]
+    return lambda model: shard_gpt(model, args.data_parallel, params, grads, dist)
 
 
 def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str | None,
@@ -243,10 +235,28 @@ def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str
                        ckpt_every=args.ckpt_every, ckpt_steps=(5000,), ema=0.9999 if args.ema else 0.0,
                        ref_train_mode=not args.ref_eval_mode, seed=args.global_seed, resume=resume,
                        num_workers=args.num_workers, parallel="fsdp" if fsdp else "ddp",
-                       split_halves=not args.joint_halves, roll_per_micro_batch=args.roll_per_micro_batch,
+                       joint_halves=args.joint_halves, roll_per_micro_batch=args.roll_per_micro_batch,
                        extra=vars(args))
 
 
+def exporter(args: argparse.Namespace, folder: Path, log: logging.Logger):
+    """trainer -> the DDP fine-tune's function writing <run>/checkpoints/<step>.pt in the original's format
+    ({'model': ...} plus 'ema' with --ema); nothing with --no-local-save. (The FSDP fine-tune streams the bare
+    state dict there itself: cca/dcp.py.)"""
+    def make(trainer: Trainer):
+        def export(state_dict: dict, step: int, final: bool) -> None:
+            if args.no_local_save:
+                return
+            ckpt = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}}
+            if trainer.ema is not None:
+                ckpt["ema"] = {k: v.to(state_dict[k].dtype) for k, v in trainer.ema.items()}
+            path = save_atomic(ckpt, folder / "checkpoints" / f"{step:07d}.pt")
+            log.info("saved %s%s", path, " (final)" if final else "")
+        return export
+    return make
+
+
+@exits_on_errors
 def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     args = build_parser(fsdp).parse_args(argv)
     if args.dry_run:
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, code_prefix(args.dataset))
     check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
     policy = build_policy(args, fsdp)                   # a bad checkpoint fails before any output
-    dist = cdist.init()
+    dist = start_process()
     cdist.set_tf32(not args.no_tf32)
     folder, resume = run_dir(args, dist)
     if dist.is_main:
@@ -265,30 +275,15 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     if args.ref_eval_mode and not args.keep_dropout:
         log.warning("--ref-eval-mode without --keep_dropout switches off only the reference's label dropout (1e-5)")
-    policy, reference = place_models(policy, args, dist, fsdp, log)
+    shard = fsdp_sharding(args, dist) if fsdp else None
+    shard_ref = fsdp_sharding(args, dist, "bf16" if args.ref_dtype == "bf16" else None) if fsdp else None
+    policy, reference = with_reference(policy, dist.device, log=log, reference_dtype=DTYPES[args.ref_dtype],
+                                       shard_reference=shard_ref,
+                                       compile=dist.device.type == "cuda" and not args.no_compile)
     if dist.is_main:
         log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,
                  f"{sum(p.numel() for p in policy.parameters()):,}", len(dataset), folder)
     cfg = train_config(args, dist.world_size, folder, resume, fsdp)
-    trainer: Trainer | None = None
-
-    def weights_path(step: int) -> Path:
-        return folder / "checkpoints" / f"{step:07d}.pt"
-
-    def export(state_dict: dict, step: int, final: bool) -> None:
-        """The DDP script's {"model": weights} (+ "ema"); the FSDP one streams the bare state dict (cca/dcp.py)."""
-        ckpt = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}}
-        if trainer is not None and trainer.ema is not None:
-            ckpt["ema"] = {k: v.to(state_dict[k].dtype) for k, v in trainer.ema.items()}
-        path = save_atomic(ckpt, weights_path(step))
-        log.info("saved %s%s", path, " (final)" if final else "")
-
-    save = not args.no_local_save
-    trainer = Trainer(policy, reference, LlamaGenAdapter(args.num_classes), cfg, dist=dist,
-                      export=export if save and not fsdp else None,
-                      weights_path=weights_path if save and fsdp else None)
-    try:
-        trainer.fit(dataset)
-    except CheckpointError as e:      # --resume file unusable: one line, like every other bad input
-        raise SystemExit(str(e)) from None
-    cdist.cleanup()
+    weights = None if args.no_local_save or not fsdp else (lambda step: folder / "checkpoints" / f"{step:07d}.pt")
+    finetune(policy, reference, LlamaGenAdapter(args.num_classes), dataset, cfg, dist,
+             make_export=None if fsdp else exporter(args, folder, log), shard=shard, weights_path=weights)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cca import dist as cdist
+from cca.errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -22,7 +23,7 @@ def make_mesh(data_parallel: str, dist: cdist.Dist):
     if data_parallel == "hsdp":
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         if world % per_node:
-            raise SystemExit(f"--data-parallel hsdp: world size {world} is not a multiple of {per_node} per node")
+            raise UsageError(f"--data-parallel hsdp: world size {world} is not a multiple of {per_node} per node")
         return init_device_mesh(dist.device.type, (world // per_node, per_node),
                                 mesh_dim_names=("replicate", "shard"))
     return init_device_mesh(dist.device.type, (world,), mesh_dim_names=("shard",))
@@ -35,7 +36,7 @@ def shard_gpt(model: nn.Module, data_parallel: str, param_precision: str, grad_p
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     if data_parallel not in ("fsdp", "sdp", "hsdp"):
-        raise SystemExit(f"--data-parallel: expected fsdp, sdp or hsdp, got {data_parallel!r}")
+        raise UsageError(f"--data-parallel: expected fsdp, sdp or hsdp, got {data_parallel!r}")
     mesh = make_mesh(data_parallel, dist)
     # blocks compute and return in param_dtype; the model's logits are cast to float32 by the model itself
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[param_precision], reduce_dtype=DTYPES[grad_precision])

@@ -1,7 +1,7 @@
 """Recompute the LlamaGen parity fixtures (../shared/fixtures/llamagen_vq, llamagen_gpt,
 ../shared/fixtures_t2i/llamagen_t2i_gpt) with this package.
 
-``PARITY[kind](fixture_dir, config) -> {name: tensor}`` for every tensor of the fixture's expected.safetensors.
+``<kind>(fixture_dir, config) -> {name: tensor}`` for every tensor of the fixture's expected.safetensors.
 Sizes and settings come from the fixture's config.json and weights, never from the shipped folders' names, so
 fixtures of other sizes work too. Driven by ``python -m cca.parity FIXTURE_DIR --out OUT.safetensors``.
 """
@@ -121,5 +121,3 @@ def llamagen_t2i_gpt(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]
         out.update(generation_outputs(model, prompts, config["calls"]["generation"]))
     return out
 
-
-PARITY = {"llamagen_vq": llamagen_vq, "llamagen_gpt": llamagen_gpt, "llamagen_t2i_gpt": llamagen_t2i_gpt}

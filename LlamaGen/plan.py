@@ -16,6 +16,7 @@ import argparse
 import torch
 
 from cca import plan
+from cca.errors import UsageError
 from cca.loss import is_separable
 from LlamaGen.checkpoints import build_gpt
 from LlamaGen.gpt import ModelArgs, Transformer
@@ -67,7 +68,7 @@ def gpt_finetune(model: Transformer, *, precision: str, mode: str, world: int, s
 def finetune_setup(args: argparse.Namespace, fsdp: bool, world: int, per_node: int) -> plan.Finetune:
     """The plan of LlamaGen_finetune(_fsdp).py's flags on ``world`` GPUs, ``per_node`` to a node."""
     if args.global_batch_size % (world * args.grad_accum):
-        raise SystemExit(f"--global-batch-size {args.global_batch_size} must be divisible by {world} processes x "
+        raise UsageError(f"--global-batch-size {args.global_batch_size} must be divisible by {world} processes x "
                          f"--gradient-accumulation-steps {args.grad_accum}")
     if fsdp:
         mode = args.data_parallel

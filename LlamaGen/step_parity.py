@@ -23,6 +23,7 @@ from cca.trainer import Trainer
 
 from . import finetune_cli
 from .adapter import LlamaGenAdapter
+from .family import with_reference
 from .gpt import GPT_SIZES
 
 
@@ -64,8 +65,9 @@ def cca_step_llamagen(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor
         def make_trainer(hooks, out_dir):
             args.ref_ckpt = str(Path(out_dir) / "initial_weights.pt")      # the fixture's weights as a file
             torch.save({"model": load_file(str(fixture_dir / "weights.safetensors"))}, args.ref_ckpt)
-            policy, reference = finetune_cli.place_models(finetune_cli.build_policy(args, fsdp), args, dist, fsdp,
-                                                          logging.getLogger("cca"))
+            policy, reference = with_reference(finetune_cli.build_policy(args, fsdp), dist.device,
+                                               compile=dist.device.type == "cuda" and not args.no_compile,
+                                               log=logging.getLogger("cca"))
             for model in (policy, reference):
                 model.cls_embedding.dropout_prob = 0.0       # the fixture's label-dropout draws: never drop
             cfg = finetune_cli.train_config(args, dist.world_size, Path(out_dir), None, fsdp)
@@ -73,5 +75,3 @@ def cca_step_llamagen(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor
 
         return run_recorded_steps(make_trainer, dataset, inputs.get("uniform_draws"))
 
-
-PARITY = {"cca_step_llamagen": cca_step_llamagen}

@@ -13,12 +13,13 @@ from typing import Sequence
 import torch
 
 from cca.checkpoint import CheckpointError, load_state_dict_file, load_strict
+from cca.errors import UsageError
 
 from .var import VAR
 from .vqvae import VQVAE, fit_usage_statistics
 
-PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-RELEASED_DEPTHS = (16, 20, 24, 30)
+PATCH_NUMS = {"256": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), "512": (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)}   # per resolution
+PATCH_NUMS_256 = PATCH_NUMS["256"]
 VAE_CH_MULT = (1, 1, 2, 2, 4)
 
 
@@ -65,15 +66,21 @@ def build_vae_var(device: str | torch.device = "cpu", patch_nums: Sequence[int] 
     return vae, var
 
 
+def pn_flag(patch_nums: Sequence[int]) -> str:
+    """The --pn spelling of a patch-number list: 1_2_3_..."""
+    return "_".join(map(str, patch_nums))
+
+
 def parse_patch_nums(pn: str) -> tuple[int, ...]:
-    """--pn: "256", "512" or sizes like "1_2_3_4" -> (1, 2, 3, 4); SystemExit with one line otherwise."""
-    named = {"256": "1_2_3_4_5_6_8_10_13_16", "512": "1_2_3_4_6_9_13_18_24_32"}
+    """--pn: "256", "512" or sizes like "1_2_3_4" -> (1, 2, 3, 4); UsageError (one line) otherwise."""
+    if pn in PATCH_NUMS:
+        return PATCH_NUMS[pn]
     try:
-        nums = tuple(int(x) for x in named.get(pn, pn).replace("-", "_").split("_"))
+        nums = tuple(int(x) for x in pn.replace("-", "_").split("_"))
     except ValueError:
-        raise SystemExit(f"--pn: expected 256, 512 or sizes like 1_2_3_4, got {pn!r}") from None
+        raise UsageError(f"--pn: expected 256, 512 or sizes like 1_2_3_4, got {pn!r}") from None
     if not nums or any(b <= a for a, b in zip(nums, nums[1:])) or nums[0] < 1:
-        raise SystemExit(f"--pn: expected increasing positive sizes, got {pn!r}")
+        raise UsageError(f"--pn: expected increasing positive sizes, got {pn!r}")
     return nums
 
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, DatasetFolder
+from cca.errors import UsageError
 
 
 def to_plus_minus_one(x: torch.Tensor) -> torch.Tensor:
@@ -33,19 +34,19 @@ def load_rgb(path: str) -> Image.Image:
 
 def resolve_image_root(data_path: str | os.PathLike, flag: str = "--data_path") -> Path:
     """The class-folder root: ``data_path/train`` when it exists (ImageNet layout), else ``data_path`` itself.
-    Raises SystemExit with one line if it holds no class folder with images."""
+    Raises UsageError (one line) if it holds no class folder with images."""
     root = Path(data_path)
     if not root.is_dir():
-        raise SystemExit(f"{flag}: {root} is not a folder (expected one sub-folder of images per class)")
+        raise UsageError(f"{flag}: {root} is not a folder (expected one sub-folder of images per class)")
     if (root / "train").is_dir():
         root = root / "train"
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if not class_dirs:
-        raise SystemExit(f"{flag}: {root} has no class sub-folders (expected <class>/<image> files)")
+        raise UsageError(f"{flag}: {root} has no class sub-folders (expected <class>/<image> files)")
     exts = tuple(IMG_EXTENSIONS)
     empty = [d.name for d in class_dirs if not any(f.name.lower().endswith(exts) for f in d.iterdir())]
     if empty:
-        raise SystemExit(f"{flag}: class folder(s) without images in {root}: {', '.join(empty[:5])}")
+        raise UsageError(f"{flag}: class folder(s) without images in {root}: {', '.join(empty[:5])}")
     return root
 
 
@@ -55,6 +56,6 @@ def build_train_dataset(data_path: str | os.PathLike, final_reso: int, mid_reso:
     dataset = DatasetFolder(str(root), loader=load_rgb, extensions=IMG_EXTENSIONS,
                             transform=train_transform(final_reso, mid_reso, hflip))
     if num_classes is not None and len(dataset.classes) != num_classes:
-        raise SystemExit(f"--data_path: {root} has {len(dataset.classes)} class folders but the model has "
+        raise UsageError(f"--data_path: {root} has {len(dataset.classes)} class folders but the model has "
                          f"--num_classes {num_classes}")
     return dataset

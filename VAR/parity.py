@@ -79,5 +79,3 @@ def var_transformer(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
         out[f"sample_images_{tag}"] = vae.fhat_to_img(f_hat).add(1).mul(0.5)   # (B, 3, H, W) in [0, 1]
     return out
 
-
-PARITY = {"var_vqvae": var_vqvae, "var_transformer": var_transformer}

@@ -16,6 +16,7 @@ import argparse
 import torch
 
 from cca import plan
+from cca.errors import UsageError
 from cca.loss import is_separable
 from VAR.build import build_vae, build_var, parse_patch_nums
 from VAR.var import VAR
@@ -83,7 +84,7 @@ def finetune_setup(args: argparse.Namespace, world: int) -> plan.Finetune:
     """The plan of VAR_finetune.py's flags on ``world`` GPUs."""
     micro = round(args.bs / args.ac / world)          # as VAR_finetune.check_args
     if micro < 1:
-        raise SystemExit(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty batch")
+        raise UsageError(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty batch")
     vae, var = meta_models(args)
     return var_finetune(vae, var, precision="fp32" if args.fp16 == 0 else "amp", world=world, micro=micro,
                         accum=args.ac, joint=args.joint_halves or not is_separable(args.loss_type))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cca.layers import KVCache
-from cca.sampling import filter_logits, guide, sample_from_logits
+from cca.sampling import TOP_P_OFF, filter_logits, guide, sample_from_logits
 
 
 @dataclass
@@ -96,7 +96,8 @@ def generate(var, B: int, label_B: torch.Tensor | int | None = None, *, g_seed: 
              cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
              trace: SampleTrace | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
     """Sample B images; returns the final f_hat (B, Cvae, H, W). Fills ``trace`` when given. ``cuda_graph``
-    (default: on for CUDA) replays each scale's step as a CUDA graph."""
+    (default: on for CUDA) replays each scale's step as a CUDA graph. ``top_p`` 0 is off, as in the original."""
+    top_p = top_p if top_p > 0 else TOP_P_OFF                                    # cca.sampling's one "off" value
     device = var.lvl_1L.device
     generator = None
     if g_seed is not None:

@@ -51,5 +51,3 @@ def cca_step_var(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
 
     return run_recorded_steps(make_trainer, dataset, inputs.get("uniform_draws"))
 
-
-PARITY = {"cca_step_var": cca_step_var}

@@ -22,6 +22,8 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
+from cca.cli import exits_on_errors  # noqa: E402
+from cca.errors import UsageError  # noqa: E402
 from evaluations.inception import InceptionV3, randomize_  # noqa: E402
 
 
@@ -29,7 +31,7 @@ def _pytorch_fid_net(state_dict: dict) -> torch.nn.Module:
     try:
         import pytorch_fid.inception as pfi
     except ImportError:
-        raise SystemExit("bench_eval: pytorch-fid is not installed (pip install -r requirements-test.txt)") from None
+        raise UsageError("bench_eval: pytorch-fid is not installed (pip install -r requirements-test.txt)") from None
     with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: dict(state_dict)):
         return pfi.InceptionV3([pfi.InceptionV3.DEFAULT_BLOCK_INDEX]).eval()
 
@@ -75,6 +77,7 @@ def bench_features(repeats: int = 5, batch_size: int = 8, image_size: int = 256,
             "image_size": image_size, "repeats": repeats, "device": str(dev), "torch_threads": torch.get_num_threads()}
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--repeats", type=int, default=5)

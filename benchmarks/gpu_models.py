@@ -210,7 +210,7 @@ class Prepared:
         return self.inner.logits(model, labels, inputs)
 
 
-def _cca_step(make, B: int, split_halves: bool = True) -> dict:
+def _cca_step(make, B: int, joint_halves: bool = False) -> dict:
     from cca.dist import Dist
     from cca.trainer import TrainConfig, Trainer
     policy, adapter, batch = make(B)
@@ -218,7 +218,7 @@ def _cca_step(make, B: int, split_halves: bool = True) -> dict:
     one = Dist(rank=0, world_size=1, local_rank=0, device=DEV, backend=None)
     tr = Trainer(policy, copy.deepcopy(policy), adapter, TrainConfig(
         out_dir="/tmp/gpu-check", batch_size=B, lr=1e-6, uncond_ratio=0.1, precision="bf16",
-        split_halves=split_halves), dist=one)
+        joint_halves=joint_halves), dist=one)
     free_memory()
     sec = timed(lambda: tr.train_step(None), repeats=3)
     return {"batch": B, "images_per_s": B / sec, "step_s": sec, "peak_gib": peak_gib()}
@@ -236,7 +236,7 @@ def cca_step_rate(make, batches) -> dict:
         if out is None:
             continue
         try:
-            out["joint_pass"] = _cca_step(make, B, split_halves=False)
+            out["joint_pass"] = _cca_step(make, B, joint_halves=True)
         except torch.OutOfMemoryError:
             out["joint_pass"] = {"batch": B, "error": "out of memory"}
         free_memory()

@@ -92,12 +92,12 @@ def _get(d, path):
 def _optional(name: str, fn):
     try:
         return fn()
-    except (Exception, SystemExit) as e:  # a missing optional piece is reported in the table, not fatal
+    except Exception as e:  # a missing optional piece is reported in the table, not fatal
         return {"error": f"{type(e).__name__}: {e}"[:300]}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(HERE / "results-cpu.json"))
     args = ap.parse_args(argv)

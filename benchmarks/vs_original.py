@@ -29,6 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from cca.cli import exits_on_errors  # noqa: E402
+from cca.errors import UsageError  # noqa: E402
+
 FAMILIES = ("var", "llamagen")
 SWEEPS = {"default": ((16, 64), (16, 32)), "quick": ((2, 4), (2, 4)), "released": ((16, 64), (16, 32))}
 
@@ -161,6 +164,7 @@ def table(results: dict, ref_batch: int) -> str:
     return "\n".join(lines)
 
 
+@exits_on_errors
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.worker:
@@ -169,17 +173,17 @@ def main(argv=None) -> int:
     families = [f for f in args.families.split(",") if f]
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
-        raise SystemExit(f"--families: expected names from {', '.join(FAMILIES)}, got {args.families!r}")
+        raise UsageError(f"--families: expected names from {', '.join(FAMILIES)}, got {args.families!r}")
     from side_by_side import ROW_KEYS
     unknown = [k for k in args.rows.split(",") if k and k not in ROW_KEYS]
     if unknown:
-        raise SystemExit(f"--rows: unknown {', '.join(unknown)}; rows are {', '.join(ROW_KEYS)}")
+        raise UsageError(f"--rows: unknown {', '.join(unknown)}; rows are {', '.join(ROW_KEYS)}")
     import originals
     try:
         for fam in families:
             originals.check_root(args.original_root, fam)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise UsageError(str(e)) from None
     from side_by_side import loadavg
     results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "threads": args.threads,
                "device": args.device, "config": args.config, "batch": args.batch, "rounds": args.rounds,

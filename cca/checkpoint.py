@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from cca.errors import UsageError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint could not be used; the message is one line naming the file and what was expected."""
 
 
@@ -197,7 +198,7 @@ def check_writable_dir(path: str | os.PathLike, flag: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise SystemExit(f"{flag}: {path} is not a writable folder ({e.strerror or e})") from None
+        raise UsageError(f"{flag}: {path} is not a writable folder ({e.strerror or e})") from None
     return path
 
 
@@ -205,21 +206,21 @@ def check_free_space(path: str | os.PathLike, need_bytes: int, what: str) -> Non
     """Exit with one line when the file system of ``path`` has less than ``need_bytes`` free (before any work)."""
     free = shutil.disk_usage(path).free
     if free < need_bytes:
-        raise SystemExit(f"{path}: {free / 2**30:.2f} GiB free, but {what} needs about {need_bytes / 2**30:.2f} GiB; "
+        raise UsageError(f"{path}: {free / 2**30:.2f} GiB free, but {what} needs about {need_bytes / 2**30:.2f} GiB; "
                          f"free some space or choose another folder")
 
 
 def require_checkpoint(path: str | os.PathLike, flag: str) -> None:
     """Up-front check of a checkpoint flag: a local file, or a release name / ``hf://`` address that resolves
-    (from the hub cache, or downloaded when online), else a one-line SystemExit."""
+    (from the hub cache, or downloaded when online), else a one-line UsageError."""
     from cca import hub
     if hub.is_remote(path):
         try:
             hub.resolve(path)
         except CheckpointError as e:
-            raise SystemExit(f"{flag} {e}") from None
+            raise CheckpointError(f"{flag} {e}") from None
     elif not Path(path).is_file():
-        raise SystemExit(f"{flag} {path}: not found (expected a checkpoint file, a release name such as var_d16 "
+        raise UsageError(f"{flag} {path}: not found (expected a checkpoint file, a release name such as var_d16 "
                          f"(python -m cca.hub list) or hf://OWNER/REPO/FILE)")
 
 

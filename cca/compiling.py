@@ -1,8 +1,9 @@
 """``torch.compile`` of repeated blocks, falling back to eager execution where compiling is not possible.
 
 Used by the LlamaGen fine-tune and sampling scripts on GPUs. Compiling is skipped, with one log line, when
-``torch.compile`` is missing or the device's compiler backend is absent (no Triton for CUDA); and errors raised
-while a block is being compiled later, at its first call, make that block run eagerly instead of stopping the run.
+``torch.compile`` is missing or the device's compiler backend is absent (no Triton for CUDA). A command line that
+wants errors raised while a block is compiled later, at its first call, to make that block run eagerly instead of
+stopping the run says so with ``eager_fallback_on_errors()`` (a process-wide switch of torch._dynamo).
 """
 from __future__ import annotations
 
@@ -34,8 +35,12 @@ def compile_blocks(blocks: Iterable[nn.Module], device: torch.device, log: loggi
     if reason is not None:
         log.warning("torch.compile skipped (%s): running eagerly", reason)
         return False
-    import torch._dynamo as dynamo
-    dynamo.config.suppress_errors = True               # a block that fails to compile runs eagerly
     for block in blocks:
         block.compile()
     return True
+
+
+def eager_fallback_on_errors() -> None:
+    """Process-wide: a compiled block whose compilation fails runs eagerly instead of raising."""
+    import torch._dynamo as dynamo
+    dynamo.config.suppress_errors = True

@@ -44,3 +44,24 @@ def make_conditions(labels: torch.Tensor, null_class: int, uncond_ratio: float =
     pos = torch.where(null, torch.full_like(labels, null_class), labels)
     neg = torch.where(null, torch.full_like(neg, null_class), neg)
     return Conditions(pos, neg, pos == neg, null)
+
+
+def micro_batch_conditions(labels: torch.Tensor, null_class: int, micro_batches: int, uncond_ratio: float = 0.0,
+                           uniform_draws: torch.Tensor | None = None,
+                           roll_per_micro_batch: bool = False) -> list[Conditions]:
+    """The Conditions of each of ``micro_batches`` equal slices of a per-rank batch: labels rolled over the whole
+    batch, or within each slice (``roll_per_micro_batch``, the originals); ``uniform_draws`` (B,) one per row."""
+    B = labels.shape[0]
+    if B % micro_batches:
+        raise ValueError(f"batch of {B} rows is not divisible by grad_accum {micro_batches}")
+    mb = B // micro_batches
+    slices = [slice(j * mb, (j + 1) * mb) for j in range(micro_batches)]
+
+    def make(rows: slice) -> Conditions:
+        return make_conditions(labels[rows].cpu(), null_class, uncond_ratio,
+                               uniform_draws=None if uniform_draws is None else uniform_draws[rows])
+
+    if roll_per_micro_batch:
+        return [make(rows) for rows in slices]
+    whole = make(slice(None))
+    return [whole.select(rows) for rows in slices]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-from cca.cpu_memory import keep_freed_memory
+from cca.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def _pick_device(local_rank: int, want: str | None) -> torch.device:
     if want and want != "auto":
         dev = torch.device(want)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit(f"--device {want}: CUDA is not available on this machine")
+            raise UsageError(f"--device {want}: CUDA is not available on this machine")
         return torch.device("cuda", local_rank) if dev.type == "cuda" and dev.index is None else dev
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -48,8 +48,6 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(local_rank, device)
-    if dev.type == "cpu":
-        keep_freed_memory()                 # per-op page faults otherwise dominate small CPU models
     backend = None
     if world > 1 or tdist.is_initialized():
         if not tdist.is_initialized():
@@ -67,22 +65,6 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> Dist:
 
 def _active() -> bool:
     return tdist.is_available() and tdist.is_initialized()
-
-
-def get_rank() -> int:
-    return tdist.get_rank() if _active() else 0
-
-
-def get_world_size() -> int:
-    return tdist.get_world_size() if _active() else 1
-
-
-def is_main() -> bool:
-    return get_rank() == 0
-
-
-def device() -> torch.device:
-    return init().device
 
 
 def barrier() -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cca.checkpoint import CheckpointError
+from cca.cli import exits_on_errors
 
 VAR_REPO, VAR_REV = "FoundationVision/var", "6d0ee6598a42f75079aa79e58b012b57b284c91b"
 LLAMAGEN_REPO, LLAMAGEN_REV = "FoundationVision/LlamaGen", "81e41139272c038412e4fe8f1c52a51ebbf95b8b"
@@ -202,6 +203,7 @@ def _list() -> None:
         print(f"{r.name:34s} {r.family:8s} {r.role:9s} {r.repo}/{r.filename} @ {rev}  sha256 {sha}")
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cca.hub", description=__doc__.strip().splitlines()[0],
                                 allow_abbrev=False)
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 if record["matches_published"] is False:
                     return 1
     except CheckpointError as e:
-        raise SystemExit(f"cca.hub {args.command}: {e}") from None
+        raise CheckpointError(f"cca.hub {args.command}: {e}") from None
     return 0
 
 

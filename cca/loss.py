@@ -5,6 +5,8 @@ Nothing here knows about models or trainers: the inputs are logits and token ids
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -73,7 +75,8 @@ def sequence_logprob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return _SequenceLogProb.apply(logits, targets.long())
 
 
-def _canonical(loss_type: str) -> str:
+def canonical_loss_type(loss_type: str) -> str:
+    """The loss name as spelled in ``LOSS_TYPES`` (matched case-insensitively); ValueError listing them otherwise."""
     for name in LOSS_TYPES:
         if str(loss_type).lower() == name.lower():
             return name
@@ -83,7 +86,7 @@ def _canonical(loss_type: str) -> str:
 def is_separable(loss_type: str) -> bool:
     """True when the loss is a sum of a term of the positive rows and a term of the negative rows (CCA and
     unlearning, masked or not), so their gradients can be computed in two separate passes; DPO couples them."""
-    return _canonical(loss_type) != "DPO"
+    return canonical_loss_type(loss_type) != "DPO"
 
 
 def _nll_sigmoid(z: torch.Tensor) -> torch.Tensor:   # -log sigmoid(z)
@@ -92,6 +95,34 @@ def _nll_sigmoid(z: torch.Tensor) -> torch.Tensor:   # -log sigmoid(z)
 
 def _linear(z: torch.Tensor) -> torch.Tensor:        # the "unlearning" replacement of -log sigmoid(z)
     return -z
+
+
+def _row_term(kind: str, beta: float):
+    """The per-row penalty of CCA (-logσ(β·z)) or unlearning (-z)."""
+    return (lambda z: _nll_sigmoid(beta * z)) if kind == "CCA" else _linear
+
+
+def _loss_value(kind: str, d_pos: torch.Tensor, d_neg: torch.Tensor, beta: float, lambda_: float,
+                neg_is_positive: torch.Tensor | None) -> torch.Tensor:
+    if kind == "DPO":
+        return _nll_sigmoid(beta * (d_pos - d_neg)).mean()
+    term = _row_term(kind, beta)
+    if neg_is_positive is None:
+        return term(d_pos).mean() + lambda_ * term(-d_neg).mean()
+    m = neg_is_positive.to(device=d_neg.device, dtype=torch.bool)
+    sign = torch.where(m, 1.0, -1.0).to(d_neg)
+    weight = torch.where(m, 1.0, float(lambda_)).to(d_neg)
+    return (term(d_pos).mean() + (weight * term(sign * d_neg)).mean()) / max(float(lambda_), 1.0)
+
+
+@torch.no_grad()
+def _metrics(d_pos: torch.Tensor, d_neg: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"pref_acc": (d_pos > d_neg).float().mean(), "reward_margin": (d_pos - d_neg).mean(),
+            "delta_pos": d_pos.mean(), "delta_neg": d_neg.mean()}
+
+
+def _deltas(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    return logp.float() - ref_logp.float()                             # (B,)
 
 
 def compute_loss(loss_type: str, logp_pos: torch.Tensor, ref_logp_pos: torch.Tensor, logp_neg: torch.Tensor,
@@ -109,28 +140,42 @@ def compute_loss(loss_type: str, logp_pos: torch.Tensor, ref_logp_pos: torch.Ten
     label equal to the row's own label). ``null_rows`` (default: the mask) selects the rows averaged into the
     ``delta_neg_null`` metric, which is absent when no row is selected; pass CPU masks to avoid a device sync.
     """
-    kind = _canonical(loss_type)
-    d_pos = logp_pos.float() - ref_logp_pos.float()                    # (B,)
-    d_neg = logp_neg.float() - ref_logp_neg.float()                    # (B,)
-    if kind == "DPO":
-        loss = _nll_sigmoid(beta * (d_pos - d_neg)).mean()
-    else:
-        term = (lambda z: _nll_sigmoid(beta * z)) if kind == "CCA" else _linear
-        if neg_is_positive is None:
-            loss = term(d_pos).mean() + lambda_ * term(-d_neg).mean()
-        else:
-            m = neg_is_positive.to(device=d_neg.device, dtype=torch.bool)
-            sign = torch.where(m, 1.0, -1.0).to(d_neg)
-            weight = torch.where(m, 1.0, float(lambda_)).to(d_neg)
-            loss = (term(d_pos).mean() + (weight * term(sign * d_neg)).mean()) / max(float(lambda_), 1.0)
-    with torch.no_grad():
-        metrics = {
-            "pref_acc": (d_pos > d_neg).float().mean(),
-            "reward_margin": (d_pos - d_neg).mean(),
-            "delta_pos": d_pos.mean(),
-            "delta_neg": d_neg.mean(),
-        }
-        rows = null_rows if null_rows is not None else neg_is_positive
-        if rows is not None and bool(rows.any()):
-            metrics["delta_neg_null"] = d_neg[rows.to(device=d_neg.device, dtype=torch.bool)].mean()
+    kind = canonical_loss_type(loss_type)
+    d_pos, d_neg = _deltas(logp_pos, ref_logp_pos), _deltas(logp_neg, ref_logp_neg)
+    loss = _loss_value(kind, d_pos, d_neg, beta, lambda_, neg_is_positive)
+    metrics = _metrics(d_pos, d_neg)
+    rows = null_rows if null_rows is not None else neg_is_positive
+    if rows is not None and bool(rows.any()):
+        metrics["delta_neg_null"] = d_neg.detach()[rows.to(device=d_neg.device, dtype=torch.bool)].mean()
     return loss, metrics
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """One loss with its settings, as the trainer uses it: the full loss with metrics whose keys never change
+    (they are summed over micro-steps and ranks), and, for a separable loss, the positive-row term alone."""
+    loss_type: str
+    beta: float
+    lambda_: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "loss_type", canonical_loss_type(self.loss_type))
+
+    @property
+    def separable(self) -> bool:
+        return self.loss_type != "DPO"
+
+    def __call__(self, logp_pos: torch.Tensor, ref_logp_pos: torch.Tensor, logp_neg: torch.Tensor,
+                 ref_logp_neg: torch.Tensor, neg_is_positive: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        d_pos, d_neg = _deltas(logp_pos, ref_logp_pos), _deltas(logp_neg, ref_logp_neg)
+        return (_loss_value(self.loss_type, d_pos, d_neg, self.beta, self.lambda_, neg_is_positive),
+                _metrics(d_pos, d_neg))
+
+    def positive_term(self, logp_pos: torch.Tensor, ref_logp_pos: torch.Tensor,
+                      neg_is_positive: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss's positive-row part: its gradient w.r.t. ``logp_pos`` is the full loss's (separable only)."""
+        if not self.separable:
+            raise ValueError(f"{self.loss_type} couples the positive and negative rows: no positive term alone")
+        term = _row_term(self.loss_type, self.beta)(_deltas(logp_pos, ref_logp_pos)).mean()
+        return term if neg_is_positive is None else term / max(float(self.lambda_), 1.0)

@@ -9,7 +9,6 @@ fixture's files, so any fixture of a supported kind works.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -18,12 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cca.conditions import make_conditions
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
+from cca.fixture_kinds import FIXTURE_KINDS, fixture_function
 from cca.loss import compute_loss, sequence_logprob
 
-_FAMILY_OF_KIND = {"var_vqvae": "VAR.parity", "var_transformer": "VAR.parity",
-                   "llamagen_vq": "LlamaGen.parity", "llamagen_gpt": "LlamaGen.parity",
-                   "llamagen_t2i_gpt": "LlamaGen.parity",
-                   "cca_step_var": "VAR.step_parity", "cca_step_llamagen": "LlamaGen.step_parity"}
 
 
 def cca_loss_fixture(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -119,16 +117,12 @@ def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
     fixture_dir = Path(fixture_dir)
     cfg_path = fixture_dir / "config.json"
     if not cfg_path.is_file():
-        raise SystemExit(f"cca.parity: {cfg_path} not found (FIXTURE_DIR must hold config.json and the safetensors)")
+        raise UsageError(f"cca.parity: {cfg_path} not found (FIXTURE_DIR must hold config.json and the safetensors)")
     config = json.loads(cfg_path.read_text())
     kind = config.get("fixture")
-    if kind == "cca_loss":
-        fn = cca_loss_fixture
-    elif kind in _FAMILY_OF_KIND:
-        fn = importlib.import_module(_FAMILY_OF_KIND[kind]).PARITY[kind]
-    else:
-        known = ", ".join(["cca_loss", *_FAMILY_OF_KIND])
-        raise SystemExit(f"cca.parity: {cfg_path}: unknown fixture kind {kind!r}; known: {known}")
+    fn = fixture_function(kind)
+    if fn is None:
+        raise UsageError(f"cca.parity: {cfg_path}: unknown fixture kind {kind!r}; known: {', '.join(FIXTURE_KINDS)}")
     with torch.no_grad():
         produced = fn(fixture_dir, config)
     expected_names = set(load_file(str(fixture_dir / "expected.safetensors")))
@@ -138,8 +132,10 @@ def compute_fixture(fixture_dir: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in produced.items() if k in expected_names}
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cca.parity", description=__doc__.strip().splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m cca.parity", description=__doc__.strip().splitlines()[0],
+                                 allow_abbrev=False)
     ap.add_argument("fixture_dir", help="folder with config.json, inputs.safetensors, expected.safetensors")
     ap.add_argument("--out", required=True, help="where to write the recomputed tensors (.safetensors)")
     args = ap.parse_args(argv)

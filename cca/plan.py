@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from cca.errors import UsageError
 from cca.loss import _CHUNK_ELEMS
 
 GiB = 2 ** 30
@@ -271,7 +272,7 @@ def add_dry_run_args(parser: argparse.ArgumentParser) -> None:
 def plan_world(args: argparse.Namespace) -> tuple[int, int]:
     """(world size, processes per node) for the dry run."""
     if args.gpu_mem <= 0:
-        raise SystemExit(f"--gpu-mem: expected GiB > 0, got {args.gpu_mem}")
+        raise UsageError(f"--gpu-mem: expected GiB > 0, got {args.gpu_mem}")
     if args.gpus is None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -279,9 +280,9 @@ def plan_world(args: argparse.Namespace) -> tuple[int, int]:
     try:
         nodes, per_node = (int(x) for x in text.split("x")) if "x" in text else (1, int(text))
     except ValueError:
-        raise SystemExit(f"--gpus: expected N or NODESxPER_NODE (e.g. 8 or 2x8), got {args.gpus!r}") from None
+        raise UsageError(f"--gpus: expected N or NODESxPER_NODE (e.g. 8 or 2x8), got {args.gpus!r}") from None
     if nodes < 1 or per_node < 1:
-        raise SystemExit(f"--gpus: expected positive counts, got {args.gpus!r}")
+        raise UsageError(f"--gpus: expected positive counts, got {args.gpus!r}")
     return nodes * per_node, per_node
 
 

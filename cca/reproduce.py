@@ -20,6 +20,8 @@ from pathlib import Path
 
 from cca import sample_eval
 from cca.checkpoint import write_text_atomic
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
 from cca.rows import METRICS, ROWS, SOURCES, Row
 
 
@@ -53,7 +55,7 @@ def load_rows(rows_file: str | None) -> dict[str, Row]:
                 expected = {k: (float(v), "rows-file") for k, v in spec.pop("expected", {}).items()}
                 rows[rid] = Row(rid, sampler_args=tuple(spec.pop("sampler_args", ())), expected=expected, **spec)
         except (OSError, ValueError, TypeError, AttributeError) as e:
-            raise SystemExit(f"--rows-file {rows_file}: {type(e).__name__}: {e} (expected {{id: {{family, ckpt, "
+            raise UsageError(f"--rows-file {rows_file}: {type(e).__name__}: {e} (expected {{id: {{family, ckpt, "
                              f"sampler_args, title, expected}}}})") from None
     return rows
 
@@ -121,6 +123,7 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = load_rows(args.rows_file)
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [r for r in args.rows if r not in rows]
     if unknown or not args.rows:
-        raise SystemExit(f"cca.reproduce: unknown or no row id(s) {unknown}; known: {', '.join(rows)}")
+        raise UsageError(f"cca.reproduce: unknown or no row id(s) {unknown}; known: {', '.join(rows)}")
     out = Path(args.out)
     sample_dir = Path(args.sample_dir) if args.sample_dir else out / "samples"
     extra = shlex.split(args.sampler_args)

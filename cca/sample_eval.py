@@ -25,6 +25,7 @@ import torch
 
 from cca import hub
 from cca.checkpoint import require_checkpoint, write_text_atomic
+from cca.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,17 +59,17 @@ class PointSpec:
     def argv(self, sample_dir: str | os.PathLike) -> list[str]:
         """Sampler argv: the release's architecture flags, then ours (later flags win), then files and folder."""
         if self.family not in FAMILIES:
-            raise SystemExit(f"family {self.family!r}: expected one of {', '.join(FAMILIES)}")
+            raise UsageError(f"family {self.family!r}: expected one of {', '.join(FAMILIES)}")
         fam = FAMILIES[self.family]
         release = hub.release_of(self.ckpt)
         if release is not None and release.family != self.family:
-            raise SystemExit(f"{self.ckpt}: a {release.family} checkpoint, not {self.family}")
+            raise UsageError(f"{self.ckpt}: a {release.family} checkpoint, not {self.family}")
         arch = release.sampler_args if release is not None else ()
         return [*arch, *self.sampler_args, fam.ckpt_flag, self.ckpt, fam.tokenizer_flag, self.tokenizer,
                 fam.dir_flag, str(sample_dir)]
 
     def check(self) -> None:
-        """Checkpoint and tokenizer exist or resolve (release names from the hub cache), else one-line SystemExit."""
+        """Checkpoint and tokenizer exist or resolve (release names from the hub cache), else one-line UsageError."""
         fam = FAMILIES[self.family]
         require_checkpoint(self.ckpt, fam.ckpt_flag)
         require_checkpoint(self.tokenizer, fam.tokenizer_flag)
@@ -166,16 +167,16 @@ class EvalOptions:
                 "--is-split-size", str(self.is_split_size), "--inception-resolution", str(self.inception_resolution)]
 
     def check(self) -> None:
-        """One-line SystemExit before any sampling when the reference batch or the Inception weights are missing."""
+        """One-line UsageError before any sampling when the reference batch or the Inception weights are missing."""
         from cca.rows import REF_URLS
         from evaluations.inception import find_inception_weights
         if not self.ref.is_file():
             url = REF_URLS.get(self.ref.name)
-            raise SystemExit(f"reference batch {self.ref} not found" + (f"; download it from {url}" if url else ""))
+            raise UsageError(f"reference batch {self.ref} not found" + (f"; download it from {url}" if url else ""))
         try:
             find_inception_weights(self.inception_weights)
         except FileNotFoundError as e:
-            raise SystemExit(str(e)) from None
+            raise UsageError(str(e)) from None
 
 
 def _stat_key(path: Path) -> dict:

@@ -10,17 +10,25 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from cca.errors import UsageError
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+
+TOP_P_OFF = 1.0      # the nucleus of the whole mass: no nucleus filtering (top_k's "off" is 0)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = TOP_P_OFF) -> torch.Tensor:
     """Copy of ``logits`` (..., V) with -inf outside the top-k and outside the nucleus of mass ``top_p``.
 
-    top_k <= 0 or >= V: no top-k; top_p <= 0 or >= 1: no nucleus. The most likely token is always kept, and so is
+    top_k <= 0 or >= V: no top-k; top_p >= 1 (``TOP_P_OFF``): no nucleus, and top_p must be > 0 (VAR's API, whose
+    0 means off, converts at its edge). The most likely token is always kept, and so is
     every token tied with the smallest kept logit (as the original's ``logits < kth`` comparison does). With a
     top-k the nucleus is found among the k sorted values only: no sort over the whole vocabulary.
     """
+    if not top_p > 0:
+        raise ValueError(f"top_p must be in (0, 1] (1: no nucleus filtering), got {top_p}")
     out = logits.clone()
     V = out.shape[-1]
-    nucleus = 0.0 < top_p < 1.0
+    nucleus = top_p < 1.0
     if 0 < top_k < V:
         ranked = torch.topk(out, top_k, dim=-1).values                # (..., k), descending
         out.masked_fill_(out < ranked[..., -1:], float("-inf"))
@@ -35,7 +43,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> t
     return out
 
 
-def sample_from_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 0.0, temperature: float = 1.0,
+def sample_from_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = TOP_P_OFF, temperature: float = 1.0,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row: (B, V) logits -> (B,) int64, without host syncs.
 
@@ -73,7 +81,8 @@ class ShardedNpzWriter:
     """DiT-style multi-process sampling into one npz, resumable.
 
     Global index i has class ``labels[i]``. On a run every rank takes every ``world``-th of the indices not yet
-    done (as found when the writer was made, on every rank before a barrier), in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
+    done (as found when the writer was made; the caller puts a barrier between making the writers and the first
+    save), in batches; each finished batch is committed as two .npy files under ``<out>/<name>.parts/`` (images
     first, then the index file, each written to a temp name and renamed), so a killed run loses at most the batch
     in flight and a rerun (with any world size) produces every index exactly once. ``finalize`` (rank 0, after a
     barrier) writes ``<out>/<name>.npz`` with ``arr_0`` uint8 (N, H, W, 3), ``arr_1`` int64 labels and, if given,
@@ -98,24 +107,23 @@ class ShardedNpzWriter:
         self.npz_path = self.out_dir / f"{name}.npz"
         self._check_labels()       # nothing is written before the first finished batch
         self._recorded = False
-        # every rank must split the same snapshot of what is done: take it, then wait for all ranks to have it
+        # every rank must split the same snapshot of what is done: the caller waits (a barrier) for all ranks to
+        # have made their writer before any of them saves a batch
         self._done_at_start = self.done_indices()
-        from cca import dist as cdist
-        cdist.barrier()
 
     def _check_labels(self) -> None:
         """Finished batches only count for the same index -> class assignment, recorded as ``labels.npy`` in the
         parts folder with the first batch: a folder made with other settings is refused, never silently mixed."""
         record = self.parts / "labels.npy"
         if record.is_file() and not np.array_equal(np.load(record), self.labels):
-            raise SystemExit(f"{self.parts} holds samples for another index -> class assignment (number of "
+            raise UsageError(f"{self.parts} holds samples for another index -> class assignment (number of "
                              f"samples or classes changed); remove it or choose another sample folder")
         settings = self.parts / "settings.json"
         if settings.is_file():
             _refuse_other_settings(settings.read_text(), self.settings, self.parts)
 
     def finished(self) -> bool:
-        """True if the npz exists and was made with these settings; refuses (SystemExit) one made otherwise."""
+        """True if the npz exists and was made with these settings; refuses (UsageError) one made otherwise."""
         if not self.npz_path.is_file():
             return False
         with np.load(self.npz_path) as npz:
@@ -206,7 +214,7 @@ def _refuse_other_settings(recorded: str, wanted: str, where: Path) -> None:
     diff = [f"{k}: {old.get(k, '(not recorded)')} -> {new.get(k, '(not set)')}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
     if diff:
-        raise SystemExit(f"{where} was sampled with other settings ({'; '.join(diff[:4])}); remove it or choose "
+        raise UsageError(f"{where} was sampled with other settings ({'; '.join(diff[:4])}); remove it or choose "
                          f"another sample folder")
 
 

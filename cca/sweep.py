@@ -25,6 +25,8 @@ from pathlib import Path
 
 from cca import sample_eval
 from cca.checkpoint import write_text_atomic
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
 from cca.hub import TOKENIZERS
 from cca.rows import METRICS, REF_256
 from cca.sweep_commands import add_lambda_commands_parser, lambda_commands
@@ -46,7 +48,7 @@ def _floats(text: str, flag: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
 
 
 def _checkpoints(text: str) -> list[tuple[float, str]]:
@@ -54,7 +56,7 @@ def _checkpoints(text: str) -> list[tuple[float, str]]:
     for item in text.split(","):
         value, sep, ckpt = item.partition("=")
         if not sep or not ckpt:
-            raise SystemExit(f"--ckpts: expected VALUE=CHECKPOINT[,VALUE=CHECKPOINT...], got {item!r}")
+            raise UsageError(f"--ckpts: expected VALUE=CHECKPOINT[,VALUE=CHECKPOINT...], got {item!r}")
         pairs.append((_floats(value, "--ckpts")[0], ckpt))
     return pairs
 
@@ -67,12 +69,12 @@ def points_of(args: argparse.Namespace) -> list[Point]:
     name = family.guidance_flag.lstrip("-")
     if args.scales is not None:
         if not args.ckpt or args.ckpts:
-            raise SystemExit("--scales needs --ckpt (one checkpoint) and no --ckpts")
+            raise UsageError("--scales needs --ckpt (one checkpoint) and no --ckpts")
         return [Point(args.series, f"{name}={s:g}", name, s, sample_eval.PointSpec(
             args.family, args.ckpt, tokenizer, base + (family.guidance_flag, f"{s:g}"))) for s in
             _floats(args.scales, "--scales")]
     if not args.ckpts or args.ckpt:
-        raise SystemExit("give --ckpt with --scales, or --ckpts VALUE=CHECKPOINT,... (with --param)")
+        raise UsageError("give --ckpt with --scales, or --ckpts VALUE=CHECKPOINT,... (with --param)")
     guidance = (family.guidance_flag, f"{family.guidance_free if args.guidance is None else args.guidance:g}")
     return [Point(args.series, f"{args.param}={v:g}", args.param, v,
                   sample_eval.PointSpec(args.family, ckpt, tokenizer, base + guidance))
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plot":
         records = load_points(Path(args.out))
         if not records:
-            raise SystemExit(f"--out {args.out}: no points.json with finished points")
+            raise UsageError(f"--out {args.out}: no points.json with finished points")
         save_points(Path(args.out), records)
         print(f"wrote {Path(args.out) / 'fid_is.png'} ({len(records)} points)")
         return 0

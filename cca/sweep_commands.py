@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from cca.errors import UsageError
 from cca.hub import RELEASES
 from cca.rows import CCA_LAMBDA, LLAMAGEN_CFG, LLAMAGEN_FINETUNE, LLAMAGEN_FSDP_SIZES, VAR_FINETUNE
 
@@ -52,7 +53,7 @@ def lambda_commands(args: argparse.Namespace) -> str:
     try:
         lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"--lambdas: expected comma-separated numbers, got {args.lambdas!r}") from None
+        raise UsageError(f"--lambdas: expected comma-separated numbers, got {args.lambdas!r}") from None
     family = RELEASES[args.base].family
     pairs = [(_var_run if family == "var" else _llamagen_run)(args, lam) for lam in lambdas]
     runs = [command for command, _ in pairs]

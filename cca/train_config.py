@@ -6,10 +6,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from cca.loss import _canonical
+from cca.errors import UsageError
+from cca.loss import canonical_loss_type
 from cca.schedule import check_schedule
 
 TORCH_FP16_SCALER = (2.0 ** 16, 2000, math.inf)   # torch's GradScaler: initial scale, growth interval; no cap
+
+
+def check_loss_settings(loss_type: str, uncond_ratio: float) -> None:
+    """One-line UsageError naming --loss_type or --uncond_ratio (both fine-tune dialects spell them so)."""
+    try:
+        canonical_loss_type(loss_type)
+    except ValueError as e:
+        raise UsageError(f"--loss_type: {e}") from None
+    if not 0.0 <= uncond_ratio < 1.0:
+        raise UsageError(f"--uncond_ratio: must be in [0, 1), got {uncond_ratio}")
 
 
 @dataclass
@@ -45,26 +56,24 @@ class TrainConfig:
     ckpt_steps: tuple[int, ...] = ()     # steps saved in any case (the LlamaGen scripts always save step 5000)
     ema: float = 0.0                     # EMA decay; 0: off
     ref_train_mode: bool = False         # run the reference with dropout (the original LlamaGen behaviour)
-    split_halves: bool = True            # CCA / unlearning: positive then negative half, each forward+backward
+    joint_halves: bool = False           # CCA / unlearning: both halves in one 2B pass (default: positive then
+                                         # negative half, each forward + backward: activations of B rows)
     roll_per_micro_batch: bool = False   # negatives rolled within each micro-batch (the originals), not the batch
     seed: int = 0
     resume: str | None = None            # None, "auto" (out_dir/resume.pt if present) or a path
     max_nonfinite: int = 20              # abort after this many consecutive skipped (non-finite) steps
     num_workers: int = 0
-    find_unused_parameters: bool = False
-    parallel: str = "ddp"                # ddp | fsdp (policy already sharded by the caller) | none
+    parallel: str = "ddp"                # ddp | fsdp | none: how cca.parallel.parallelize wrapped the policy
     no_decay_keys: tuple[str, ...] = ()  # parameter-name parts exempt from weight decay (>=1-D rule aside)
     extra: dict = field(default_factory=dict)   # recorded in checkpoints (the CLI's flags)
 
     def validate(self) -> None:
-        _canonical(self.loss_type)
+        check_loss_settings(self.loss_type, self.uncond_ratio)
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.grad_accum < 1 or self.batch_size < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f"per-process batch {self.batch_size} must be a positive multiple of the gradient "
                              f"accumulation steps {self.grad_accum}")
-        if not 0.0 <= self.uncond_ratio < 1.0:
-            raise ValueError(f"uncond_ratio must be in [0, 1), got {self.uncond_ratio}")
         if self.grad_accum_reduction not in ("mean", "sum") or self.schedule_unit not in ("step", "micro"):
             raise ValueError(f"grad_accum_reduction must be mean or sum and schedule_unit step or micro, got "
                              f"{self.grad_accum_reduction!r} / {self.schedule_unit!r}")

@@ -25,9 +25,12 @@ from cca import dcp
 from cca import dist as cdist
 from cca import train_state
 from cca.checkpoint import check_free_space, check_writable_dir, save_atomic
-from cca.conditions import make_conditions
+from cca.conditions import micro_batch_conditions
 from cca.data import ResumableBatchSampler, SeededFetch
-from cca.loss import compute_loss, is_separable, sequence_logprob
+from cca.errors import TrainingError, UsageError
+from cca.loss import PreferenceLoss, sequence_logprob
+from cca.metrics import RunningMean, Sink, standard_sink
+from cca.parallel import check_parallelized, unwrap
 from cca.schedule import apply_lr_wd, build_adamw, lr_wd_at
 from cca.train_config import TORCH_FP16_SCALER, TrainConfig
 
@@ -49,22 +52,24 @@ class Hooks:
 
 
 class Trainer:
-    def __init__(self, policy: nn.Module, reference: nn.Module, adapter: Adapter, cfg: TrainConfig, *,
+    """``model``: the policy as ``cca.parallel.parallelize`` returned it (DDP-wrapped, FSDP2-sharded or plain).
+    ``sink``: where progress and metrics go (default: ``cca.metrics.standard_sink``)."""
+
+    def __init__(self, model: nn.Module, reference: nn.Module, adapter: Adapter, cfg: TrainConfig, *,
                  dist: cdist.Dist | None = None, export: Callable[[dict, int, bool], None] | None = None,
-                 hooks: Hooks | None = None, weights_path: Callable[[int], Path] | None = None):
+                 hooks: Hooks | None = None, sink: Sink | None = None,
+                 weights_path: Callable[[int], Path] | None = None):
         cfg.validate()
-        self.cfg, self.adapter, self.export, self.hooks = cfg, adapter, export, hooks or Hooks()
+        self.cfg, self.adapter, self.export, self.hooks, self.sink = cfg, adapter, export, hooks or Hooks(), sink
         self.weights_path = weights_path
+        self.loss = PreferenceLoss(cfg.loss_type, cfg.beta, cfg.lambda_)
         self.dist = dist or cdist.init()
         self.device = self.dist.device
         self.out_dir = check_writable_dir(cfg.out_dir, "--out_dir") if self.dist.is_main else Path(cfg.out_dir)
-        self.policy = policy
+        check_parallelized(model, cfg.parallel, self.dist.world_size)
+        self.model, self.policy = model, unwrap(model)       # forward through model; state and optimizer: policy
+        policy = self.policy
         self.reference = reference.requires_grad_(False)
-        self.model = policy
-        if cfg.parallel == "ddp" and self.dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DDP(policy, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
         if self.dist.is_main:   # a full disk must stop the run now, not at its first checkpoint
             check_free_space(self.out_dir, self._checkpoint_bytes(), "one checkpoint (resume.pt and the weights)")
         self.optimizer = build_adamw(policy, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
@@ -78,8 +83,6 @@ class Trainer:
                      if v.is_floating_point()} if cfg.ema > 0 and cfg.parallel != "fsdp" else None)
         self.step, self.epoch, self.batch_in_epoch, self.nonfinite_run = 0, 0, 0, 0
         self.log = logging.getLogger("cca")
-        self.tb = None
-        self._file_log: logging.Handler | None = None
 
     def _checkpoint_bytes(self) -> int:
         """Rough size of one save: resume.pt (weights + two AdamW moments, EMA) plus the exported weights."""
@@ -123,30 +126,24 @@ class Trainer:
             ref_logp = sequence_logprob(ref_logits, targets2)
             del ref_logits
         ref_logp = ref_logp.clone()      # a normal tensor, usable next to autograd tensors
+        ref_pos, ref_neg = ref_logp[:b], ref_logp[b:]
         mask = None if cond.neg_is_positive is None else cond.neg_is_positive.to(self.device)
-
-        def loss_of(logp_pos, logp_neg):
-            return compute_loss(self.cfg.loss_type, logp_pos, ref_logp[:b], logp_neg, ref_logp[b:],
-                                beta=self.cfg.beta, lambda_=self.cfg.lambda_, neg_is_positive=mask,
-                                null_rows=cond.null_rows if mask is not None else None)
-
-        if not (self.cfg.split_halves and is_separable(self.cfg.loss_type)):
+        if self.cfg.joint_halves or not self.loss.separable:
             with self._sync(last):
                 logp = self._policy_logp(labels2, inputs2, targets2)                  # (2b,)
                 logp_pos, logp_neg = logp[:b], logp[b:]
-                loss, metrics = loss_of(logp_pos, logp_neg)
+                loss, metrics = self.loss(logp_pos, ref_pos, logp_neg, ref_neg, mask)
                 self.scaler.scale(loss * scale).backward()
         else:
-            # the loss is a positive-row term plus a negative-row term: the halves run forward and backward one
-            # after the other (same FLOPs, activations of b rows instead of 2b). In the first pass logp_neg is the
-            # reference's own (a constant), so only the positive term has a gradient; in the second the positive
-            # log-probs are detached and the full loss value comes out for the metrics.
+            # the halves run forward and backward one after the other (same FLOPs, activations of b rows instead
+            # of 2b): first the positive-row term, then the full loss with the positive log-probs detached, whose
+            # gradient is the negative-row term's and whose value is the one reported
             with self._sync(False):
                 logp_pos = self._policy_logp(labels2[:b], inputs, targets)            # (b,)
-                self.scaler.scale(loss_of(logp_pos, ref_logp[b:])[0] * scale).backward()
+                self.scaler.scale(self.loss.positive_term(logp_pos, ref_pos, mask) * scale).backward()
             with self._sync(last):
                 logp_neg = self._policy_logp(labels2[b:], inputs, targets)            # (b,)
-                loss, metrics = loss_of(logp_pos.detach(), logp_neg)
+                loss, metrics = self.loss(logp_pos.detach(), ref_pos, logp_neg, ref_neg, mask)
                 self.scaler.scale(loss * scale).backward()
         if self.hooks.micro_step is not None:
             self.hooks.micro_step({"loss": loss.detach(), "labels": labels2,
@@ -155,32 +152,20 @@ class Trainer:
         return loss, metrics
 
     def _conditions(self, labels: torch.Tensor) -> list:
-        """The Conditions of every micro-batch: labels rolled over the whole per-rank batch, or within each
-        micro-batch (``roll_per_micro_batch``, the originals); null-class draws one uniform per row."""
-        cfg, B = self.cfg, labels.shape[0]
-        if B % cfg.grad_accum:
-            raise ValueError(f"batch of {B} rows is not divisible by grad_accum {cfg.grad_accum}")
-        draws = None
+        """Every micro-batch's Conditions; the null-class draws (one uniform per row) from the hook or the seeded
+        generator."""
+        cfg, draws = self.cfg, None
         if cfg.uncond_ratio > 0:
-            draws = (self.hooks.uniforms or (lambda n: torch.rand(n, generator=self.cond_gen)))(B)
-        mb = B // cfg.grad_accum
-        slices = [slice(j * mb, (j + 1) * mb) for j in range(cfg.grad_accum)]
-
-        def make(rows: slice):
-            return make_conditions(labels[rows].cpu(), self.adapter.num_classes, cfg.uncond_ratio,
-                                   uniform_draws=None if draws is None else draws[rows])
-
-        if cfg.roll_per_micro_batch:
-            return [make(rows) for rows in slices]
-        whole = make(slice(None))
-        return [whole.select(rows) for rows in slices]
+            draws = (self.hooks.uniforms or (lambda n: torch.rand(n, generator=self.cond_gen)))(labels.shape[0])
+        return micro_batch_conditions(labels, self.adapter.num_classes, cfg.grad_accum, cfg.uncond_ratio, draws,
+                                      cfg.roll_per_micro_batch)
 
     def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """One optimizer step on one per-rank batch; returns detached metric tensors (no host sync)."""
         cfg = self.cfg
         labels, inputs, targets = self.adapter.prepare(batch, self.device)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.adapter.num_classes):
-            raise ValueError(f"labels must be in [0, {self.adapter.num_classes}), got "
+            raise UsageError(f"labels must be in [0, {self.adapter.num_classes}), got "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         conds = self._conditions(labels)
         mb = labels.shape[0] // cfg.grad_accum
@@ -192,19 +177,23 @@ class Trainer:
             rows = slice(j * mb, (j + 1) * mb)
             loss, metrics = self._micro_step(cond, inputs[rows], targets[rows], scale, j == cfg.grad_accum - 1)
             for k, v in {"loss": loss.detach(), **metrics}.items():
-                if k == "delta_neg_null":
-                    continue
                 sums[k] = sums.get(k, 0) + v.float() / cfg.grad_accum
         if cfg.uncond_ratio > 0:   # same keys on every rank (all_reduce_dict)
             sums["null_fraction"] = torch.cat([c.null_rows for c in conds]).float().mean()
+        sums["grad_norm"] = self._apply_gradients(sums["loss"])
+        return sums
+
+    def _apply_gradients(self, loss: torch.Tensor) -> torch.Tensor:
+        """Clip, then step the optimizer (and the EMA) unless the loss or the gradient norm is not finite; aborts
+        after ``max_nonfinite`` skipped steps in a row. Returns the gradient norm before clipping."""
+        cfg = self.cfg
         self.scaler.unscale_(self.optimizer)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
-        sums["grad_norm"] = norm.detach().float()
         # the one host sync per optimizer step (skip / abort decision): an infinite loss can have finite gradients
-        finite = bool(torch.isfinite(norm) & torch.isfinite(sums["loss"]))
+        finite = bool(torch.isfinite(norm) & torch.isfinite(loss))
         if finite:
             self.nonfinite_run = 0
             self.scaler.step(self.optimizer)
@@ -214,9 +203,9 @@ class Trainer:
                 self.log.warning("step %d: non-finite loss or gradient norm, step skipped (%d in a row)",
                                  self.step + 1, self.nonfinite_run)
             if self.nonfinite_run >= cfg.max_nonfinite:
-                raise SystemExit(f"aborting: {self.nonfinite_run} consecutive non-finite steps (loss or gradients "
-                                 f"are NaN/Inf; try a lower --lr or bf16); the last good checkpoint in "
-                                 f"{self.out_dir} is intact")
+                raise TrainingError(f"aborting: {self.nonfinite_run} consecutive non-finite steps (loss or gradients "
+                                    f"are NaN/Inf; try a lower --lr or bf16); the last good checkpoint in "
+                                    f"{self.out_dir} is intact")
         self._update_scale()
         self.optimizer.zero_grad(set_to_none=True)
         if finite and self.ema is not None:
@@ -224,7 +213,7 @@ class Trainer:
                 for k, v in self.policy.state_dict().items():
                     if k in self.ema:
                         self.ema[k].lerp_(v.float(), 1 - cfg.ema)
-        return sums
+        return norm.detach().float()
 
     def _update_scale(self) -> None:
         """The loss scale's usual growth / back-off, except that a scale above the cap is set back to the cap
@@ -278,32 +267,17 @@ class Trainer:
                              self.dist.world_size, state["world_size"])
 
     # ------------------------------------------------------------------ loop
-    def _setup_logging(self) -> None:
-        if not self.dist.is_main:
-            return
-        self.log.setLevel(logging.INFO)
-        if not self.log.handlers and not logging.getLogger().handlers:   # console, unless the caller set one up
-            console = logging.StreamHandler()
-            console.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-            self.log.addHandler(console)
-        if self._file_log is None:    # this run's own log file; removed again when fit() ends
-            self._file_log = logging.FileHandler(self.out_dir / "log.txt")
-            self._file_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-            self.log.addHandler(self._file_log)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(self.out_dir / "tb"))
-        except Exception as e:  # tensorboard missing or broken: keep training, say so once
-            self.log.warning("tensorboard logging off: %s", e)
-
     def fit(self, dataset: Dataset, collate_fn=None) -> dict[str, float]:
+        """Train until ``max_steps`` or the epochs end (resuming first if asked), saving on the way and at the end;
+        returns the last reported metrics. The sink (default: ``standard_sink``) is closed however it ends."""
+        sink = self.sink or standard_sink(self.out_dir, self.dist.is_main)
+        t0, done = time.time(), None
         try:
-            return self._fit(dataset, collate_fn)
+            last = self._fit(dataset, collate_fn, sink)
+            done = f"done: {self.step} steps in {time.time() - t0:.1f}s"
         finally:
-            if self._file_log is not None:
-                self.log.removeHandler(self._file_log)
-                self._file_log.close()
-                self._file_log = None
+            sink.close(done)
+        return last
 
     def _lr_wd(self, epoch_steps: int) -> tuple[float, float]:
         """(lr, weight decay) of the next optimizer step. The schedule is as long as the epochs make it (or
@@ -314,21 +288,8 @@ class Trainer:
                         lr=cfg.lr, weight_decay=cfg.weight_decay, wd_end=cfg.wd_end, warmup_steps=cfg.warmup_steps,
                         warmup_start=cfg.warmup_start, final_lr_ratio=cfg.final_lr_ratio)
 
-    def _report(self, acc: dict, n_acc: int, total: int, lr: float, bar) -> dict[str, float]:
-        """Mean metrics since the last report over all ranks, logged on rank 0."""
-        last = cdist.all_reduce_dict({k: v / n_acc for k, v in acc.items()})
-        last["lr"] = lr
-        if self.dist.is_main:
-            self.log.info("step %d/%d %s", self.step, total, " ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())))
-            if bar is not None:
-                bar.set_postfix(loss=f"{last['loss']:.4g}", acc=f"{last.get('pref_acc', 0):.2f}")
-            if self.tb is not None:
-                for k, v in last.items():
-                    self.tb.add_scalar(f"train/{k}", v, self.step)
-        return last
-
-    def _start(self, per_epoch: int) -> tuple[int, int, object]:
-        """Resume if asked, open the logs; returns (steps the epochs make, steps to run, progress bar or None)."""
+    def _start(self, per_epoch: int, sink: Sink) -> tuple[int, int]:
+        """Resume if asked and open the sink; returns (steps the epochs make, steps to run)."""
         cfg = self.cfg
         epoch_steps = max(1, int(round(cfg.epochs * per_epoch)))
         total = min(epoch_steps, cfg.max_steps) if cfg.max_steps and cfg.max_steps > 0 else epoch_steps
@@ -337,52 +298,35 @@ class Trainer:
             resume = str(found) if (found := dcp.find(cfg.out_dir)) is not None else None
         if resume:
             self.load(resume)
-        self._setup_logging()
-        bar = None
-        if self.dist.is_main:
-            self.log.info("training %d steps (%d per epoch), %d process(es) x %d rows, accumulation %d%s",
-                          total, per_epoch, self.dist.world_size, cfg.batch_size, cfg.grad_accum,
-                          f", resumed at step {self.step}" if resume else "")
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, initial=self.step, desc="CCA fine-tune", dynamic_ncols=True)
-        return epoch_steps, total, bar
+        sink.open(total, self.step, f"training {total} steps ({per_epoch} per epoch), {self.dist.world_size} "
+                  f"process(es) x {cfg.batch_size} rows, accumulation {cfg.grad_accum}"
+                  + (f", resumed at step {self.step}" if resume else ""))
+        return epoch_steps, total
 
-    def _fit(self, dataset: Dataset, collate_fn=None) -> dict[str, float]:
+    def _loader(self, dataset: Dataset, fetch: SeededFetch, sampler: ResumableBatchSampler, collate_fn):
+        """This epoch's batches, from where the epoch stopped when resuming."""
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.epoch)
+        sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        fetch.epoch = self.epoch
+        # its own generator: creating an iterator must not draw from the global RNG (exact resume)
+        return DataLoader(fetch, batch_sampler=sampler, num_workers=self.cfg.num_workers, collate_fn=collate_fn,
+                          pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch))
+
+    def _fit(self, dataset: Dataset, collate_fn, sink: Sink) -> dict[str, float]:
         cfg = self.cfg
         sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, rank=self.dist.rank,
                                         world=self.dist.world_size, seed=cfg.seed, shuffle=cfg.shuffle)
-        per_epoch = sampler.batches_per_epoch
-        if per_epoch == 0:
-            raise SystemExit(f"dataset of {len(dataset)} items is smaller than one global batch "
+        if sampler.batches_per_epoch == 0:
+            raise UsageError(f"dataset of {len(dataset)} items is smaller than one global batch "
                              f"({self.dist.world_size} processes x {cfg.batch_size} rows)")
-        epoch_steps, total, bar = self._start(per_epoch)
-        acc: dict[str, torch.Tensor] = {}
-        n_acc, last, t0 = 0, {}, time.time()
+        epoch_steps, total = self._start(sampler.batches_per_epoch, sink)
         fetch = SeededFetch(dataset, cfg.seed)    # augmentation draws independent of workers and resumes
+        mean = RunningMean()
         while self.step < total:
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(self.epoch)
-            sampler.set_epoch(self.epoch, self.batch_in_epoch)
-            fetch.epoch = self.epoch
-            # its own generator: creating an iterator must not draw from the global RNG (exact resume)
-            loader = DataLoader(fetch, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(cfg.seed + self.epoch))
-            for batch in loader:
-                lr, wd = self._lr_wd(epoch_steps)
-                apply_lr_wd(self.optimizer, lr, wd)
-                metrics = self.train_step(batch)
-                self.step += 1
-                self.batch_in_epoch += 1
-                if self.hooks.step is not None:
-                    self.hooks.step(self.step, {**metrics, "lr": lr, "weight_decay": wd})
-                for k, v in metrics.items():
-                    acc[k] = acc.get(k, 0) + v
-                n_acc += 1
-                if bar is not None:
-                    bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == total:
-                    last, acc, n_acc = self._report(acc, n_acc, total, lr, bar), {}, 0
+            for batch in self._loader(dataset, fetch, sampler, collate_fn):
+                self._step_and_report(batch, epoch_steps, total, sink, mean)
                 if self.step >= total:
                     break
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step in cfg.ckpt_steps:
@@ -391,10 +335,19 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
         self.save(final=True)
-        if bar is not None:
-            bar.close()
-        if self.tb is not None:
-            self.tb.flush()
-        if self.dist.is_main:
-            self.log.info("done: %d steps in %.1fs", self.step, time.time() - t0)
-        return last
+        return mean.last
+
+    def _step_and_report(self, batch: Any, epoch_steps: int, total: int, sink: Sink, mean: RunningMean) -> None:
+        lr, wd = self._lr_wd(epoch_steps)
+        apply_lr_wd(self.optimizer, lr, wd)
+        metrics = self.train_step(batch)
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.hooks.step is not None:
+            self.hooks.step(self.step, {**metrics, "lr": lr, "weight_decay": wd})
+        mean.add(metrics)
+        sink.advance(self.step)
+        if self.step % self.cfg.log_every == 0 or self.step == total:
+            mean.last = {**cdist.all_reduce_dict(mean.take()), "lr": lr}     # over all ranks: a collective call
+            sink.report(self.step, total, mean.last)
+

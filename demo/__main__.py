@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from cca.cli import exits_on_errors, start_process
+from cca.errors import UsageError
+
 
 def parse_value(text: str, like):
     if isinstance(like, bool):
@@ -23,7 +26,7 @@ def apply_override(cfg, assignment: str, flag: str = "--set") -> None:
     """'llamagen.cca.lambda_=300' or 'per_class=50' -> sets that field (cast to the field's type)."""
     path, eq, text = assignment.partition("=")
     if not eq:
-        raise SystemExit(f"{flag} {assignment!r}: expected FIELD=VALUE, e.g. llamagen.cca.lambda_=300")
+        raise UsageError(f"{flag} {assignment!r}: expected FIELD=VALUE, e.g. llamagen.cca.lambda_=300")
     parts = path.split(".")
     obj = cfg
     try:
@@ -36,9 +39,9 @@ def apply_override(cfg, assignment: str, flag: str = "--set") -> None:
             raise AttributeError(parts[-1])
         setattr(obj, parts[-1], parse_value(text, getattr(obj, parts[-1])))
     except (AttributeError, KeyError, IndexError):
-        raise SystemExit(f"{flag} {assignment!r}: no such setting (see the Settings section of report.md)") from None
+        raise UsageError(f"{flag} {assignment!r}: no such setting (see the Settings section of report.md)") from None
     except (ValueError, json.JSONDecodeError) as e:
-        raise SystemExit(f"{flag} {assignment!r}: bad value ({e})") from None
+        raise UsageError(f"{flag} {assignment!r}: bad value ({e})") from None
 
 
 def _cca_fields() -> set[str]:
@@ -51,11 +54,11 @@ def parse_sweep(text: str) -> list[tuple[str, dict]]:
     path, eq, values = text.partition("=")
     fam, dot, field = path.partition(".")
     if not eq or not dot or fam not in ("llamagen", "var") or field not in _cca_fields():
-        raise SystemExit(f"--sweep {text!r}: expected FAMILY.CCA_FIELD=V1,V2,... (e.g. var.lambda_=10,50,200)")
+        raise UsageError(f"--sweep {text!r}: expected FAMILY.CCA_FIELD=V1,V2,... (e.g. var.lambda_=10,50,200)")
     try:
         return [(fam, {field: float(v)}) for v in values.split(",") if v]
     except ValueError:
-        raise SystemExit(f"--sweep {text!r}: values must be numbers") from None
+        raise UsageError(f"--sweep {text!r}: values must be numbers") from None
 
 
 def parse_point(text: str) -> tuple[str, dict]:
@@ -65,15 +68,16 @@ def parse_point(text: str) -> tuple[str, dict]:
     for item in rest.split(","):
         field, eq, value = item.partition("=")
         if fam not in ("llamagen", "var") or not dot or not eq or field not in _cca_fields():
-            raise SystemExit(f"--point {text!r}: expected FAMILY.CCA_FIELD=V,CCA_FIELD=V,... "
+            raise UsageError(f"--point {text!r}: expected FAMILY.CCA_FIELD=V,CCA_FIELD=V,... "
                              f"(e.g. llamagen.lambda_=2,beta=0.05)")
         try:
             settings[field] = float(value)
         except ValueError:
-            raise SystemExit(f"--point {text!r}: values must be numbers") from None
+            raise UsageError(f"--point {text!r}: values must be numbers") from None
     return fam, settings
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m demo", description=__doc__, allow_abbrev=False)
     p.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: $FASHION_MNIST_DIR, else "
@@ -105,22 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in families if f not in ("llamagen", "var")]
     if bad or not families:
-        raise SystemExit(f"--families: expected a comma-separated subset of llamagen,var, got {args.families!r}")
+        raise UsageError(f"--families: expected a comma-separated subset of llamagen,var, got {args.families!r}")
     for assignment in args.set:
         apply_override(cfg, assignment)
     points = [pt for s in args.sweep for pt in parse_sweep(s)] + [parse_point(s) for s in args.point]
     if args.seeds < 1:
-        raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.threads < 0:
-        raise SystemExit(f"--threads must be >= 0, got {args.threads}")
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
     data_dir = resolve_data_dir(args.data)
     out_dir = Path(args.out)
     from cca.checkpoint import check_writable_dir
     check_writable_dir(out_dir, "--out")
     from demo.cpuload import THREADS
     THREADS.configure(args.threads)
-    from cca import dist as cdist
-    cdist.init("cpu")                      # the miniature runs on the CPU, in this one process
+    start_process("cpu")                      # the miniature runs on the CPU, in this one process
     from demo.pipeline import run_demo
     from demo.report import summary_lines
     t0 = time.perf_counter()

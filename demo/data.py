@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cca.errors import UsageError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 ENV_VAR = "FASHION_MNIST_DIR"
@@ -26,12 +27,12 @@ _IDX_MAGIC = {1: 2049, 3: 2051}   # labels (1-D), images (3-D)
 
 
 def resolve_data_dir(flag_value: str | None) -> Path:
-    """--data, else $FASHION_MNIST_DIR, else Debian's folder; one-line SystemExit if the files are missing."""
+    """--data, else $FASHION_MNIST_DIR, else Debian's folder; one-line UsageError if the files are missing."""
     root = Path(flag_value or os.environ.get(ENV_VAR) or DEFAULT_DIR)
     missing = [f"{kind}-{part}" for kind in ("train", "t10k") for part in ("images-idx3-ubyte", "labels-idx1-ubyte")
                if not (root / f"{kind}-{part}.gz").is_file() and not (root / f"{kind}-{part}").is_file()]
     if missing:
-        raise SystemExit(f"--data {root}: Fashion-MNIST IDX files missing ({', '.join(missing)}); install Debian's "
+        raise UsageError(f"--data {root}: Fashion-MNIST IDX files missing ({', '.join(missing)}); install Debian's "
                          f"dataset-fashion-mnist (make fashion-mnist) or set {ENV_VAR}")
     return root
 
@@ -43,11 +44,11 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raw = f.read()
     magic = int.from_bytes(raw[:4], "big")
     if magic != _IDX_MAGIC[ndim]:
-        raise SystemExit(f"--data: {path} is not an IDX file of {ndim}-D uint8 data (magic {magic:#x})")
+        raise UsageError(f"--data: {path} is not an IDX file of {ndim}-D uint8 data (magic {magic:#x})")
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise SystemExit(f"--data: {path} is truncated ({data.size} bytes of data for shape {dims})")
+        raise UsageError(f"--data: {path} is truncated ({data.size} bytes of data for shape {dims})")
     return data.reshape(dims)
 
 
@@ -104,10 +105,10 @@ def load_split(root: Path, train: bool, size: int) -> Split:
     images = read_idx(_find(root, f"{kind}-images-idx3-ubyte"), 3)
     labels = read_idx(_find(root, f"{kind}-labels-idx1-ubyte"), 1).astype(np.int64)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
-        raise SystemExit(f"--data {root}: {kind} images {images.shape} do not match labels {labels.shape} "
+        raise UsageError(f"--data {root}: {kind} images {images.shape} do not match labels {labels.shape} "
                          f"(expected (N, 28, 28) and (N,))")
     if labels.min() < 0 or labels.max() > 9:
-        raise SystemExit(f"--data {root}: {kind} labels outside 0..9")
+        raise UsageError(f"--data {root}: {kind} labels outside 0..9")
     return Split(resize_gray(images, size), labels)
 
 

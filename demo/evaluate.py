@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cca.errors import UsageError
 from demo.bootstrap import bootstrap_fid, bootstrap_mean, interval, replicate_counts
 from evaluations.features import FeatureSet, compute_all_metrics, features_of
 from evaluations.npz_io import read_labels
@@ -35,13 +36,13 @@ class Scorer:
         ``replicates_path``. ``stream`` (the variant's name) seeds its own resamples."""
         labels = read_labels(path)
         if labels is None:
-            raise ValueError(f"{path}: no arr_1 labels; conditional accuracy needs them")
+            raise UsageError(f"{path}: no arr_1 labels; conditional accuracy needs them")
         counts = replicate_counts(len(labels), self.replicates, self.seed, stream)     # (B, n)
         scores, reps = {}, {}
         for name, net in self.nets.items():
             sample = features_of(str(path), net, what=f"{Path(path).name} ({name})", batch_size=1000)
             if sample.logits is None or len(sample.logits) != len(labels):
-                raise ValueError(f"{path}: {len(labels)} labels but {0 if sample.logits is None else len(sample.logits)}"
+                raise UsageError(f"{path}: {len(labels)} labels but {0 if sample.logits is None else len(sample.logits)}"
                                  f" outputs of {name}")
             ref = self.refs[name]
             with warnings.catch_warnings():

@@ -1,8 +1,9 @@
-"""What differs between the two families, behind one small interface the pipeline drives.
+"""What differs between the two families in the miniature, behind one small interface the pipeline drives.
 
-For each family: build / train / encode with its tokenizer, build and pretrain its AR model, its trainer adapter
-and the dataset that adapter expects (the same ones the fine-tune scripts use), and its sampler with the
-family's guidance convention.
+For each family: build / train / encode with its tokenizer, build and pretrain its AR model, and, from the
+family's own module (VAR/family.py, LlamaGen/family.py, which the fine-tune and sample scripts use too), its name,
+guidance-free value and trainer adapter with the dataset that adapter expects; its sampler with the family's
+guidance convention.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from demo import pretrain, tokenizers
 from demo.config import FamilyConfig
 from demo.data import CodeLabelDataset, ImageLabelDataset, Split
 from demo.samplers import SampleFn, llamagen_sampler, var_sampler
-from LlamaGen.adapter import LlamaGenAdapter
-from VAR.adapter import VARAdapter
+from LlamaGen import family as llamagen_family
+from VAR import family as var_family
 
 
 @dataclass
@@ -51,7 +52,7 @@ def _build_llamagen_ar(fc: FamilyConfig, vq: nn.Module, image_size: int = 16) ->
 
 def _llamagen_adapter(model: nn.Module, split: Split, codes: torch.Tensor):
     # the fine-tune script trains on pre-extracted codes (LlamaGen.codes.CodeDataset): (codes (L,), label)
-    return LlamaGenAdapter(num_classes=model.num_classes), CodeLabelDataset(codes, torch.from_numpy(split.labels))
+    return llamagen_family.adapter_for(model), CodeLabelDataset(codes, torch.from_numpy(split.labels))
 
 
 def _var_tokenizer(fc: FamilyConfig) -> nn.Module:
@@ -67,14 +68,14 @@ def _build_var_ar(fc: FamilyConfig, vae: nn.Module, image_size: int = 16) -> nn.
 
 def _var_adapter(model: nn.Module, split: Split, codes: torch.Tensor):
     # the fine-tune script trains on images (VAR.data) and tokenises them with the frozen VQVAE in the adapter
-    return VARAdapter(model.vae_proxy[0], num_classes=model.num_classes), ImageLabelDataset(split)
+    return var_family.adapter_for(model), ImageLabelDataset(split)
 
 
 FAMILIES = {
-    "llamagen": Family("llamagen", 1.0, _llamagen_tokenizer, tokenizers.train_llamagen_vq, tokenizers.llamagen_encode,
-                       tokenizers.llamagen_decode, _build_llamagen_ar, pretrain.llamagen_loss, _llamagen_adapter,
-                       llamagen_sampler),
-    "var": Family("var", 0.0, _var_tokenizer, tokenizers.train_var_vqvae, tokenizers.var_encode,
-                  tokenizers.var_decode, _build_var_ar, pretrain.var_loss, _var_adapter,
+    "llamagen": Family(llamagen_family.NAME, llamagen_family.GUIDANCE_FREE_CFG_SCALE, _llamagen_tokenizer,
+                       tokenizers.train_llamagen_vq, tokenizers.llamagen_encode, tokenizers.llamagen_decode,
+                       _build_llamagen_ar, pretrain.llamagen_loss, _llamagen_adapter, llamagen_sampler),
+    "var": Family(var_family.NAME, var_family.GUIDANCE_FREE_CFG, _var_tokenizer, tokenizers.train_var_vqvae,
+                  tokenizers.var_encode, tokenizers.var_decode, _build_var_ar, pretrain.var_loss, _var_adapter,
                   lambda model, tok, cfg: var_sampler(model, cfg)),
 }

@@ -7,12 +7,12 @@ The policy starts as a copy of the base model, the frozen reference is another c
 from __future__ import annotations
 
 import copy
-import logging
 from pathlib import Path
 
 from torch import nn
 
 from cca import dist as cdist
+from cca.metrics import LogSink, ProgressBar, Sinks, TensorboardSink
 from cca.trainer import TrainConfig, Trainer
 from demo.config import CCAConfig
 from demo.pretrain import disable_label_dropout
@@ -28,18 +28,7 @@ def cca_finetune(base: nn.Module, adapter, dataset, cfg: CCAConfig, out_dir: Pat
                      lambda_=cfg.lambda_, uncond_ratio=cfg.uncond_ratio, lr=cfg.lr, weight_decay=0.0,
                      epochs=cfg.epochs, log_every=max(1, min(25, int(cfg.epochs * steps_per_epoch) // 4)),
                      seed=seed, parallel="none")
-    trainer = Trainer(policy, reference, adapter, tc, dist=cdist.init())
-    log = logging.getLogger("cca")
-    propagate = log.propagate
-    log.propagate = False          # the trainer logs to out_dir/log.txt; keep the console for progress bars
-    log.addHandler(logging.NullHandler())     # a handler is set up: the trainer adds no console handler
-    try:
-        last = trainer.fit(dataset)
-    finally:
-        log.propagate = propagate
-        if trainer.tb is not None:
-            trainer.tb.close()
-        for handler in list(log.handlers):   # one file handler per run: do not keep writing into an old folder
-            handler.close()
-            log.removeHandler(handler)
+    # the console keeps only the progress bar; the run's lines go to out_dir/log.txt
+    sink = Sinks(ProgressBar(), TensorboardSink(out_dir / "tb"), LogSink(out_dir / "log.txt", console=False))
+    last = Trainer(policy, reference, adapter, tc, dist=cdist.init(), sink=sink).fit(dataset)
     return policy.eval(), {k: float(v) for k, v in last.items()}

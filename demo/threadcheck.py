@@ -19,6 +19,9 @@ import subprocess
 import sys
 import time
 
+from cca.cli import exits_on_errors
+from cca.errors import UsageError
+
 SPIN = "while True: pass"
 CONFIGS = {"1": (1, {}), "2": (2, {}), "2-passive": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
            "2-spin10k": (2, {"GOMP_SPINCOUNT": "10000"}), "auto": (0, {})}       # label: (--threads, environment)
@@ -77,6 +80,7 @@ def timed_config(threads: int, env_extra: dict, kind: str, busy: bool, timeout: 
     return seconds, max(0.0, load - (1.0 if busy else 0.0))
 
 
+@exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m demo.threadcheck", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     labels = [c for c in args.configs.split(",") if c]
     if not labels or any(c not in CONFIGS for c in labels):
-        raise SystemExit(f"--configs {args.configs!r}: expected a comma-separated subset of {','.join(CONFIGS)}")
+        raise UsageError(f"--configs {args.configs!r}: expected a comma-separated subset of {','.join(CONFIGS)}")
     from demo.cpuload import machine_description
     print(f"machine: {machine_description()}; load average before: {open('/proc/loadavg').read().split()[:3]}")
     best: dict = {}

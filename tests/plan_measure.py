@@ -45,7 +45,7 @@ def reset_peak() -> None:
 def finetune(spec: dict, models: dict, steps: int) -> None:
     cfg = TrainConfig(out_dir=tempfile.mkdtemp(), batch_size=spec["micro"] * spec["accum"],
                       grad_accum=spec["accum"], uncond_ratio=0.1, lambda_=10.0, lr=1e-5, weight_decay=0.05,
-                      max_grad_norm=1.0, precision="fp32", split_halves=not spec.get("joint", False))
+                      max_grad_norm=1.0, precision="fp32", joint_halves=spec.get("joint", False))
     one = cdist.Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
     trainer = Trainer(models["policy"], models["reference"], models["adapter"], cfg, dist=one)
     for step in range(steps):

@@ -32,3 +32,12 @@ def test_reason_on_cpu_is_none_and_cuda_needs_triton(monkeypatch):
     import torch.utils._triton as triton_probe
     monkeypatch.setattr(triton_probe, "has_triton", lambda: False)
     assert compiling.compile_unavailable_reason(torch.device("cuda")) == "Triton is not installed"
+
+
+def test_compiling_leaves_the_process_wide_dynamo_switch_to_the_caller(monkeypatch):
+    import torch._dynamo as dynamo
+    monkeypatch.setattr(dynamo.config, "suppress_errors", False)
+    assert compiling.compile_blocks([nn.Linear(2, 2)], torch.device("cpu")) is True
+    assert dynamo.config.suppress_errors is False
+    compiling.eager_fallback_on_errors()
+    assert dynamo.config.suppress_errors is True

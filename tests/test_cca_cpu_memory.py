@@ -47,11 +47,14 @@ def test_idempotent_and_boolean():
 
 
 @glibc_linux
-def test_dist_init_on_cpu_tunes_the_allocator(monkeypatch):
-    from cca import cpu_memory, dist
+def test_a_cli_process_on_cpu_tunes_the_allocator_and_the_library_does_not(monkeypatch):
+    from cca import cli, cpu_memory, dist
     calls = []
-    monkeypatch.setattr(dist, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(dist, "_STATE", None)
     dist.init("cpu")
+    assert calls == []                                   # no hidden side effect in the process-group helper
+    monkeypatch.setattr(dist, "_STATE", None)
+    cli.start_process("cpu")
     assert calls == [1]
     assert cpu_memory.keep_freed_memory() is True

@@ -41,7 +41,7 @@ def test_names_resolve_through_the_offline_cache(offline_hub, monkeypatch, tmp_p
 
 
 def test_uncached_name_offline_is_one_line_naming_the_fetch_command(offline_hub):
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(CheckpointError) as err:
         require_checkpoint("var_d20", "--ckpt_path")
     msg = str(err.value)
     r = hub.RELEASES["var_d20"]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from cca.conditions import make_conditions
-from cca.loss import compute_loss, sequence_logprob
+from cca.loss import PreferenceLoss, compute_loss, sequence_logprob
 from cca.parity import compute_fixture
 from fixture_utils import FIXTURES, REPO, compare_with_expected
 
@@ -131,3 +131,23 @@ def test_conditions_roll_and_mask():
     assert sub.pos.tolist() == [7, 7, 2, 10] and sub.neg_is_positive.tolist() == [True, False, False, True]
     with pytest.raises(ValueError):
         make_conditions(labels[None], 10)
+
+
+@pytest.mark.parametrize("loss_type", ["CCA", "unlearning"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_positive_term_carries_the_full_losses_gradient_and_metrics_keep_their_keys(loss_type, masked):
+    lp, rp, ln, rn = _deltas()
+    mask = torch.tensor([False, True, False, True]) if masked else None
+    loss = PreferenceLoss(loss_type.lower(), beta=0.5, lambda_=3.0)
+    assert loss.loss_type == loss_type and loss.separable and not PreferenceLoss("dpo", 0.5, 3.0).separable
+    pos = lp.clone().requires_grad_(True)
+    full, metrics = loss(pos, rp, ln, rn, mask)
+    (want,) = torch.autograd.grad(full, pos)
+    pos2 = lp.clone().requires_grad_(True)
+    (got,) = torch.autograd.grad(loss.positive_term(pos2, rp, mask), pos2)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert set(metrics) == {"pref_acc", "reward_margin", "delta_pos", "delta_neg"}     # no mask-dependent keys
+    torch.testing.assert_close(full, compute_loss(loss_type, lp, rp, ln, rn, beta=0.5, lambda_=3.0,
+                                                  neg_is_positive=mask)[0])
+    with pytest.raises(ValueError, match="couples"):
+        PreferenceLoss("DPO", 0.5, 3.0).positive_term(pos2, rp)

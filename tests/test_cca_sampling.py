@@ -14,7 +14,9 @@ def test_filter_logits_top_k_and_top_p():
     assert torch.isfinite(p[0, :2]).all() and torch.isinf(p[0, 2:]).all()
     p = filter_logits(logits, top_p=0.8)          # needs the third
     assert torch.isfinite(p[0, :3]).all() and torch.isinf(p[0, 3])
-    assert torch.equal(filter_logits(logits, 0, 0.0), logits)
+    assert torch.equal(filter_logits(logits, 0, 1.0), logits) and torch.equal(filter_logits(logits), logits)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        filter_logits(logits, 0, 0.0)
     assert torch.isfinite(filter_logits(logits, top_p=1e-6)[0, 0])   # the best token always survives
 
 
@@ -40,7 +42,7 @@ def _filter_by_full_sort(logits, top_k, top_p):
     return out
 
 
-@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (50, 0.0), (50, 0.95), (7, 0.5), (300, 0.3), (1, 0.9)])
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (50, 1.0), (50, 0.95), (7, 0.5), (300, 0.3), (1, 0.9)])
 def test_filter_logits_matches_full_sort_recipe(top_k, top_p):
     logits = torch.randn(64, 300, generator=torch.Generator().manual_seed(top_k)) * 3
     assert torch.equal(torch.isinf(filter_logits(logits, top_k, top_p)),

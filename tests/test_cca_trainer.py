@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cca import dist as cdist
+from cca.errors import TrainingError, UsageError
 from cca.loss import sequence_logprob
 from cca.trainer import TrainConfig, Trainer
 from toy import ToyAdapter, ToyAR, ToyData
@@ -97,7 +98,7 @@ def test_split_halves_give_the_joint_pass_update(tmp_path, loss_type, uncond_rat
         policy.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
         tr = Trainer(policy, ref, ToyAdapter(NC, V),
                      _cfg(tmp_path / str(split), loss_type=loss_type, uncond_ratio=uncond_ratio, grad_accum=2,
-                          max_steps=2, lambda_=2.0, split_halves=split))
+                          max_steps=2, lambda_=2.0, joint_halves=not split))
         last = tr.fit(ToyData(32))
         results.append((policy.state_dict(), last, rows))
     (split_sd, split_last, split_rows), (joint_sd, joint_last, joint_rows) = results
@@ -140,7 +141,7 @@ def test_nonfinite_steps_are_skipped_then_abort(tmp_path):
     with torch.no_grad():
         policy.head.bias.fill_(float("nan"))
     tr = Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path, max_nonfinite=3, epochs=4.0))
-    with pytest.raises(SystemExit, match="3 consecutive non-finite"):
+    with pytest.raises(TrainingError, match="3 consecutive non-finite"):
         tr.fit(ToyData(16))
     assert tr.step == 2
 
@@ -151,7 +152,7 @@ def test_bad_config_is_rejected(tmp_path):
         Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path, batch_size=6, grad_accum=4))
     with pytest.raises(ValueError, match="valid: CCA"):
         Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path, loss_type="Unlearnin"))
-    with pytest.raises(SystemExit, match="smaller than one global batch"):
+    with pytest.raises(UsageError, match="smaller than one global batch"):
         Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path, batch_size=32)).fit(ToyData(16))
 
 
@@ -169,7 +170,7 @@ def test_export_and_ema(tmp_path):
 
 def test_dist_fallback_single_process():
     d = cdist.init()
-    assert (d.rank, d.world_size, d.device.type) == (0, 1, "cpu") and cdist.is_main()
+    assert (d.rank, d.world_size, d.device.type) == (0, 1, "cpu") and d.is_main
     cdist.barrier()
     assert cdist.all_reduce_dict({"a": 1.5, "b": torch.tensor(2.0)}) == {"a": 1.5, "b": 2.0}
 
@@ -186,3 +187,40 @@ def test_weight_decay_groups_and_per_run_logs(tmp_path):
     Trainer(policy2, ref2, ToyAdapter(NC, V), _cfg(tmp_path / "b", max_steps=1)).fit(ToyData(16))
     a, b = (tmp_path / "a" / "log.txt").read_text(), (tmp_path / "b" / "log.txt").read_text()
     assert a.count("training 1 steps") == 1 and b.count("training 1 steps") == 1
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def open(self, total, done, text):
+        self.calls.append(("open", total, done))
+
+    def advance(self, step):
+        self.calls.append(("advance", step))
+
+    def report(self, step, total, metrics):
+        self.calls.append(("report", step, sorted(metrics)))
+
+    def close(self, text):
+        self.calls.append(("close", text is not None))
+
+
+def test_the_sink_passed_in_sees_the_run_and_is_closed_also_when_it_fails(tmp_path):
+    policy, ref = _models()
+    sink = _Recorder()
+    Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path / "a", max_steps=2, log_every=2), sink=sink).fit(ToyData(32))
+    assert [c[0] for c in sink.calls] == ["open", "advance", "advance", "report", "close"]
+    assert sink.calls[0] == ("open", 2, 0) and sink.calls[-1] == ("close", True) and "loss" in sink.calls[3][2]
+    assert not (tmp_path / "a" / "log.txt").exists() and not (tmp_path / "a" / "tb").exists()   # nothing else
+    failing = _Recorder()
+    with pytest.raises(UsageError):
+        Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path / "b", batch_size=32), sink=failing).fit(ToyData(16))
+    assert failing.calls == [("close", False)]
+
+
+def test_a_multi_process_ddp_run_refuses_a_model_that_was_not_parallelized(tmp_path):
+    policy, ref = _models()
+    two = cdist.Dist(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    with pytest.raises(ValueError, match="cca.parallel.parallelize"):
+        Trainer(policy, ref, ToyAdapter(NC, V), _cfg(tmp_path), dist=two)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from fixture_utils import LAYOUTS
 
+from cca.errors import UsageError
 from LlamaGen import GPT_models, ModelArgs, Transformer, VQ_models
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights, load_vq
 from LlamaGen.vq_model import VQModel, VQModelArgs
@@ -138,13 +139,13 @@ def test_gpt_loader_errors_name_the_size(tmp_path):
     src = build_gpt("GPT-debug", vocab_size=48, image_size=64, downsample_size=16, num_classes=5)
     torch.save({"model": src.state_dict()}, tmp_path / "ckpt.pt")
     wrong = build_gpt("GPT-B", vocab_size=48, image_size=64, downsample_size=16, num_classes=5, device="meta")
-    with pytest.raises(SystemExit, match="looks like GPT-debug; pass --gpt-model GPT-debug"):
+    with pytest.raises(UsageError, match="looks like GPT-debug; pass --gpt-model GPT-debug"):
         load_gpt_weights(wrong, str(tmp_path / "ckpt.pt"))
     wrong_vocab = build_gpt("GPT-debug", vocab_size=64, image_size=64, downsample_size=16, num_classes=5)
-    with pytest.raises(SystemExit, match="vocab 48"):
+    with pytest.raises(UsageError, match="vocab 48"):
         load_gpt_weights(wrong_vocab, str(tmp_path / "ckpt.pt"))
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="bad.pt"):
+    with pytest.raises(UsageError, match="bad.pt"):
         load_gpt_weights(wrong_vocab, str(tmp_path / "bad.pt"))
 
 
@@ -181,7 +182,7 @@ def test_vq_roundtrip_and_loader(tmp_path):
     torch.save({"model": vq.state_dict()}, tmp_path / "vq.pt")
     loaded = load_vq(str(tmp_path / "vq.pt"), "VQ-16", 32, 4)
     assert loaded.config.ch == 32 and loaded.config.num_res_blocks == 1 and loaded.config.z_channels == 8
-    with pytest.raises(SystemExit, match="--codebook-size 32 --codebook-embed-dim 4"):
+    with pytest.raises(UsageError, match="--codebook-size 32 --codebook-embed-dim 4"):
         load_vq(str(tmp_path / "vq.pt"), "VQ-16", 16384, 8)
-    with pytest.raises(SystemExit, match="--vq-model VQ-16"):
+    with pytest.raises(UsageError, match="--vq-model VQ-16"):
         load_vq(str(tmp_path / "vq.pt"), "VQ-8", 32, 4)

@@ -7,6 +7,7 @@ import torch
 from fixture_utils import SHARED
 from safetensors.torch import load_file
 
+from cca.errors import UsageError
 from LlamaGen import ModelArgs, Transformer, generate
 from LlamaGen.captions import Caption, attention_mask, caption_attention_mask, left_pad
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
@@ -158,11 +159,11 @@ def test_loader_names_the_gpt_type_and_caption_sizes(tmp_path):
     torch.save({"model": build_gpt("GPT-debug", gpt_type="t2i", cls_token_num=T, caption_dim=D, **kw).state_dict()},
                tmp_path / "t2i.pt")
     torch.save({"model": build_gpt("GPT-debug", **kw).state_dict()}, tmp_path / "c2i.pt")
-    with pytest.raises(SystemExit, match="text-to-image GPT: pass --gpt-type t2i"):
+    with pytest.raises(UsageError, match="text-to-image GPT: pass --gpt-type t2i"):
         load_gpt_weights(build_gpt("GPT-debug", **kw), str(tmp_path / "t2i.pt"))
-    with pytest.raises(SystemExit, match="class-conditional GPT: pass --gpt-type c2i"):
+    with pytest.raises(UsageError, match="class-conditional GPT: pass --gpt-type c2i"):
         load_gpt_weights(build_gpt("GPT-debug", gpt_type="t2i", **kw), str(tmp_path / "c2i.pt"))
-    with pytest.raises(SystemExit, match=f"{D}-d caption features, {T} caption tokens"):
+    with pytest.raises(UsageError, match=f"{D}-d caption features, {T} caption tokens"):
         load_gpt_weights(build_gpt("GPT-debug", gpt_type="t2i", **kw), str(tmp_path / "t2i.pt"))
 
 

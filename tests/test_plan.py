@@ -14,6 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cca import plan
+from cca.errors import UsageError
 from cca.loss import sequence_logprob
 from fixture_utils import REPO
 from LlamaGen.gpt import ModelArgs, Transformer
@@ -243,5 +244,5 @@ def test_gpus_flag(capsys):
     assert plan.plan_world(args) == (16, 8)
     assert finetune_setup(args, True, 16, 8).shard == 8          # HSDP shards inside a node, replicates across
     assert finetune_setup(parse([*flags[:-2], "--gpus", "2x8"]), True, 16, 8).shard == 16
-    with pytest.raises(SystemExit, match="--gpus: expected N or NODESxPER_NODE"):
+    with pytest.raises(UsageError, match="--gpus: expected N or NODESxPER_NODE"):
         plan.plan_world(parse([*flags, "--gpus", "two"]))

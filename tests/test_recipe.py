@@ -82,8 +82,9 @@ def test_fsdp_reduces_gradients_in_the_mixed_precision_dtype(monkeypatch):
                         (["--mixed-precision", "fp16"], ("fp16", "fp16"))):
         args = finetune_cli.build_parser(True).parse_args(LLAMAGEN_B + extra)
         seen.clear()
-        finetune_cli.place_models(torch.nn.Linear(2, 2), args, cdist.init(), True, None)
-        assert seen == [want, want]                   # policy and reference
+        shard = finetune_cli.fsdp_sharding(args, cdist.init())      # for the policy and the reference
+        shard(torch.nn.Linear(2, 2))
+        assert seen == [want]
 
 
 def _toy_run(tmp_path, name, steps=2, **kw):

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cca.data import ResumableBatchSampler, SeededFetch
+from cca.errors import TrainingError
 from cca.trainer import TrainConfig, Trainer
 from toy import ToyAdapter, ToyAR, ToyData
 
@@ -96,9 +97,9 @@ def test_consecutive_nonfinite_steps_abort_with_the_last_good_checkpoint_intact(
     seen, export = _snapshots(policy)
     adapter = PoisonAdapter(nan_steps=set(range(3, 100)))
     tr = Trainer(policy, ref, adapter, _cfg(tmp_path, epochs=10.0, ckpt_every=2, max_nonfinite=4), export=export)
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(TrainingError) as err:
         tr.fit(ToyData(32))
-    msg = str(err.value.code)
+    msg = str(err.value)
     assert "\n" not in msg and "aborting: 4 consecutive non-finite steps" in msg and str(tmp_path) in msg
     assert tr.step == 5 and adapter.step == 6                # 3-5 skipped (saved at 4), the 4th bad one (6) aborts
     state = torch.load(tmp_path / "resume.pt", weights_only=True)

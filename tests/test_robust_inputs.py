@@ -18,6 +18,7 @@ import LLamaGen_sample_ddp
 import VAR_finetune
 import VAR_sample
 from cca.checkpoint import CheckpointError, save_atomic
+from cca.errors import UsageError
 from cca.sampling import ShardedNpzWriter, balanced_labels
 from cca.trainer import TrainConfig, Trainer
 from LlamaGen import extract_codes_c2i, finetune_cli
@@ -278,9 +279,9 @@ def test_unwritable_output_folders_fail_before_loading_models(var_ws, llg, tmp_p
 def test_full_disk_is_refused_before_training(llg, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr("cca.checkpoint.shutil.disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(UsageError) as err:
         _toy_trainer(tmp_path / "toy")
-    msg = str(err.value.code)
+    msg = str(err.value)
     assert "\n" not in msg and str(tmp_path / "toy") in msg and "GiB free" in msg and "one checkpoint" in msg
     assert [p.name for p in (tmp_path / "toy").iterdir()] == []
     msg = one_line_exit(finetune_cli.main, llg_finetune_argv(llg, tmp_path / "results"))
@@ -296,7 +297,7 @@ def test_parts_folder_from_other_sampling_settings_is_refused(tmp_path):
     idx = next(writer.pending_batches())
     writer.save_batch(idx, np.zeros((len(idx), 2, 2, 3), np.uint8))
     ShardedNpzWriter(tmp_path, "run", labels, batch_size=4)                    # same settings: resumes
-    with pytest.raises(SystemExit, match="another index -> class assignment"):
+    with pytest.raises(UsageError, match="another index -> class assignment"):
         ShardedNpzWriter(tmp_path, "run", balanced_labels(12, 3, seed=0))      # more samples: other classes
-    with pytest.raises(SystemExit, match="another index -> class assignment"):
+    with pytest.raises(UsageError, match="another index -> class assignment"):
         ShardedNpzWriter(tmp_path, "run", np.repeat(np.arange(5), 2))          # VAR-style, another per-class count
