@@ -239,6 +239,18 @@ def train_config(args: argparse.Namespace, world: int, folder: Path, resume: str
                        extra=vars(args))
 
 
+def place_models(policy: torch.nn.Module, args: argparse.Namespace, dist: cdist.Dist, fsdp: bool,
+                 log: logging.Logger):
+    """(policy on the device in fp32, its frozen reference copy in --ref-dtype, sharded per block under FSDP, the
+    policy's FSDP sharding for the fine-tune driver or None)."""
+    shard = fsdp_sharding(args, dist) if fsdp else None
+    shard_ref = fsdp_sharding(args, dist, "bf16" if args.ref_dtype == "bf16" else None) if fsdp else None
+    policy, reference = with_reference(policy, dist.device, log=log, reference_dtype=DTYPES[args.ref_dtype],
+                                       shard_reference=shard_ref,
+                                       compile=dist.device.type == "cuda" and not args.no_compile)
+    return policy, reference, shard
+
+
 def exporter(args: argparse.Namespace, folder: Path, log: logging.Logger):
     """trainer -> the DDP fine-tune's function writing <run>/checkpoints/<step>.pt in the original's format
     ({'model': ...} plus 'ema' with --ema); nothing with --no-local-save. (The FSDP fine-tune streams the bare
@@ -275,11 +287,7 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
     torch.manual_seed(args.global_seed * dist.world_size + dist.rank)
     if args.ref_eval_mode and not args.keep_dropout:
         log.warning("--ref-eval-mode without --keep_dropout switches off only the reference's label dropout (1e-5)")
-    shard = fsdp_sharding(args, dist) if fsdp else None
-    shard_ref = fsdp_sharding(args, dist, "bf16" if args.ref_dtype == "bf16" else None) if fsdp else None
-    policy, reference = with_reference(policy, dist.device, log=log, reference_dtype=DTYPES[args.ref_dtype],
-                                       shard_reference=shard_ref,
-                                       compile=dist.device.type == "cuda" and not args.no_compile)
+    policy, reference, shard = place_models(policy, args, dist, fsdp, log)
     if dist.is_main:
         log.info("%s: %s parameters, %d code files, run folder %s", args.gpt_model,
                  f"{sum(p.numel() for p in policy.parameters()):,}", len(dataset), folder)

@@ -53,9 +53,8 @@ def set_model_and_optim(policy: nn.Module, optimizer: torch.optim.Optimizer, sta
     optimizer.load_state_dict(state["optimizer"])
 
 
-def all_ranks(obj) -> list:
-    """Every rank's Python object, by rank (``[obj]`` in one process)."""
-    world = cdist.get_world_size()
+def all_ranks(obj, world: int) -> list:
+    """Every rank's Python object, by rank (``[obj]`` in one process); ``world``: the process group's size."""
     if world == 1:
         return [obj]
     out = [None] * world

@@ -239,7 +239,7 @@ class Trainer:
                 dcp.export_weights(self.policy, self.weights_path(self.step), self.dist)
             return
         model_sd, optim_sd = train_state.model_state(self.policy), self.optimizer.state_dict()
-        rng = train_state.all_ranks(mine)
+        rng = train_state.all_ranks(mine, self.dist.world_size)
         if self.dist.is_main:
             state = {"model": model_sd, "optimizer": optim_sd, **self._loop_state(), "rng_per_rank": rng,
                      "world_size": self.dist.world_size}

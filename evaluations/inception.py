@@ -327,15 +327,12 @@ class InceptionV3(nn.Module):
 
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
     """--inception-weights PATH, else $CCA_INCEPTION_WEIGHTS, else the torch hub cache; one-line error if none."""
-    if path:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--inception-weights: no such file: {path}")
-        return Path(path)
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        if not Path(env).is_file():
-            raise FileNotFoundError(f"${WEIGHTS_ENV} points to a missing file: {env}")
-        return Path(env)
+    given = path or os.environ.get(WEIGHTS_ENV)
+    if given:
+        if not Path(given).is_file():
+            raise FileNotFoundError(f"--inception-weights: no such file: {path}" if path
+                                    else f"${WEIGHTS_ENV} points to a missing file: {given}")
+        return Path(given)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
     if cached.is_file():
         return cached
@@ -367,11 +364,8 @@ def load_inception(path: str | os.PathLike | None = None, *, resolution: int = 2
         net = InceptionV3(resolution=resolution, width=width)
     except ValueError:
         net = InceptionV3(resolution=resolution)  # report the shape mismatch below
-    state = dict(state)
-    for key, value in net.state_dict().items():  # old files predate BatchNorm's num_batches_tracked
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = value
-    expected = net.state_dict()
+    expected = net.state_dict()     # old files predate BatchNorm's num_batches_tracked: those default to the net's
+    state = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -384,10 +378,8 @@ def load_inception(path: str | os.PathLike | None = None, *, resolution: int = 2
 
 
 def randomize_(net: InceptionV3, seed: int = 0) -> InceptionV3:
-    """Random weights whose activations stay O(1) through the depth (He-normal convs, random BN statistics).
-
-    For tests and benchmarks only; no released file is involved.
-    """
+    """Random weights whose activations stay O(1) through the depth (He-normal convs, random BN statistics); for
+    tests and benchmarks only, no released file is involved."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in net.modules():

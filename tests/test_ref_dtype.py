@@ -30,7 +30,7 @@ def test_bf16_reference_logprobs_close_to_fp32(tmp_path, fsdp):
     assets = make_assets(tmp_path)
     args = finetune_cli.build_parser(fsdp).parse_args(["--ref_ckpt", str(assets["ref"]), "--code-path", "x",
                                                         "--ref-dtype", "bf16", *TINY_FLAGS])
-    policy, reference = finetune_cli.place_models(finetune_cli.build_policy(args, fsdp), args, ONE, fsdp,
+    policy, reference, _ = finetune_cli.place_models(finetune_cli.build_policy(args, fsdp), args, ONE, fsdp,
                                                   logging.getLogger("test"))
     assert {p.dtype for p in policy.parameters()} == {torch.float32}
     assert {p.dtype for p in reference.parameters()} == {torch.bfloat16}
