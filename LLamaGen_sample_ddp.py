@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -115,6 +116,54 @@ def make_writer(args: argparse.Namespace, name: str, dist: cdist.Dist, dtype: to
                             settings=sample_settings(args, dtype))
 
 
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """--precision -> the GPT's dtype (auto: bf16 on GPU, float32 on CPU)."""
+    return PRECISIONS[("bf16" if device.type == "cuda" else "none") if precision == "auto" else precision]
+
+
+def load_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, **gpt_kwargs):
+    """(VQ decoder, GPT in eval mode in ``dtype``, compiled per block on GPU unless --no-compile) from the flags;
+    ``gpt_kwargs`` go to ``build_gpt`` (the text-to-image sampler's gpt_type / cls_token_num / caption_dim)."""
+    vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, device)
+    if vq.downsample != args.downsample_size:
+        raise SystemExit(f"--downsample-size {args.downsample_size}: the tokenizer downsamples by {vq.downsample}")
+    gpt = build_gpt(args.gpt_model, vocab_size=args.codebook_size, image_size=args.image_size,
+                    downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta", **gpt_kwargs)
+    load_gpt_weights(gpt, args.gpt_ckpt, flag="--gpt-ckpt/--ckpt_path")
+    gpt = gpt.to(device=device, dtype=dtype).eval()
+    if args.compile or (args.compile is None and device.type == "cuda"):
+        compile_blocks(gpt.layers, device)
+    return vq, gpt
+
+
+def write_samples(args: argparse.Namespace, writer: ShardedNpzWriter, gpt, vq, condition_of: Callable,
+                  png_dir: Path, dist: cdist.Dist) -> None:
+    """This rank's pending batches: conditions of the global indices (``condition_of``) -> tokens (seeded by the
+    batch's first index) -> decoded, resized, uint8 -> the writer (and <index>.png files with --save-png)."""
+    latent = args.image_size // args.downsample_size
+    if args.save_png:
+        png_dir.mkdir(parents=True, exist_ok=True)
+    batches = list(writer.pending_batches())
+    if dist.is_main:
+        print(f"sampling {writer.num_samples} images ({writer.num_pending()} left on rank 0) with "
+              f"{dist.world_size} process(es) into {writer.npz_path}")
+    from tqdm import tqdm
+    for indices in tqdm(batches, desc="sampling", disable=not dist.is_main, dynamic_ncols=True):
+        gen = torch.Generator(device=dist.device).manual_seed(args.global_seed * 1_000_003 + int(indices[0]))
+        tokens = generate(gpt, condition_of(indices), latent ** 2, cfg_scale=args.cfg_scale,
+                          cfg_interval=int(args.cfg_interval), temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, generator=gen)
+        images = vq.decode_code(tokens, [len(indices), args.codebook_embed_dim, latent, latent])   # (b, 3, H, W)
+        if args.image_size_eval != args.image_size:
+            images = F.interpolate(images, size=(args.image_size_eval,) * 2, mode="bicubic")
+        pixels = to_uint8_nhwc(images, value_range=(-1.0, 1.0))                    # (b, H, W, 3) uint8
+        writer.save_batch(indices, pixels)
+        if args.save_png:
+            from PIL import Image
+            for i, img in zip(indices, pixels):
+                Image.fromarray(img).save(png_dir / f"{int(i):06d}.png")
+
+
 @torch.no_grad()   # scoped: a caller's grad mode is back after main returns or raises (not a global switch)
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
@@ -128,10 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         check_writable_dir(args.sample_dir, "--sample-dir")
     cdist.barrier()
     device = dist.device
-    dtype = PRECISIONS["bf16" if device.type == "cuda" else "none"] if args.precision == "auto" \
-        else PRECISIONS[args.precision]
+    dtype = weights_dtype(args.precision, device)
 
-    latent = args.image_size // args.downsample_size
     name = run_name(args)
     writer = make_writer(args, name, dist, dtype)
     labels = writer.labels
@@ -140,38 +187,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{writer.npz_path} already exists (same settings); nothing to do")
         return
 
-    vq = load_vq(args.vq_ckpt, args.vq_model, args.codebook_size, args.codebook_embed_dim, device)
-    if vq.downsample != args.downsample_size:
-        raise SystemExit(f"--downsample-size {args.downsample_size}: the tokenizer downsamples by {vq.downsample}")
-    gpt = build_gpt(args.gpt_model, vocab_size=args.codebook_size, image_size=args.image_size,
-                    downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta")
-    load_gpt_weights(gpt, args.gpt_ckpt, flag="--gpt-ckpt/--ckpt_path")
-    gpt = gpt.to(device=device, dtype=dtype).eval()
-    if args.compile or (args.compile is None and device.type == "cuda"):
-        compile_blocks(gpt.layers, device)
-
-    png_dir = Path(args.sample_dir) / name
-    if args.save_png:
-        png_dir.mkdir(parents=True, exist_ok=True)
-    batches = list(writer.pending_batches())
-    if dist.is_main:
-        print(f"sampling {args.num_fid_samples} images ({writer.num_pending()} left on rank 0) with "
-              f"{dist.world_size} process(es) into {writer.npz_path}")
-    from tqdm import tqdm
-    for indices in tqdm(batches, desc="sampling", disable=not dist.is_main, dynamic_ncols=True):
-        cond = torch.from_numpy(labels[indices]).to(device)                         # (b,)
-        gen = torch.Generator(device=device).manual_seed(args.global_seed * 1_000_003 + int(indices[0]))
-        tokens = generate(gpt, cond, latent ** 2, cfg_scale=args.cfg_scale, cfg_interval=int(args.cfg_interval),
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen)
-        images = vq.decode_code(tokens, [len(indices), args.codebook_embed_dim, latent, latent])   # (b, 3, H, W)
-        if args.image_size_eval != args.image_size:
-            images = F.interpolate(images, size=(args.image_size_eval,) * 2, mode="bicubic")
-        pixels = to_uint8_nhwc(images, value_range=(-1.0, 1.0))                    # (b, H, W, 3) uint8
-        writer.save_batch(indices, pixels)
-        if args.save_png:
-            from PIL import Image
-            for i, img in zip(indices, pixels):
-                Image.fromarray(img).save(png_dir / f"{int(i):06d}.png")
+    vq, gpt = load_models(args, device, dtype)
+    write_samples(args, writer, gpt, vq, lambda indices: torch.from_numpy(labels[indices]).to(device),
+                  Path(args.sample_dir) / name, dist)
     cdist.barrier()
     if dist.is_main:
         path = writer.finalize()
