@@ -5,7 +5,7 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 export FASHION_MNIST_DIR
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-quick demo-seeds test bench deps test-deps fashion-mnist gpu-check clean
+.PHONY: demo demo-quick demo-seeds demo-t2i test bench deps test-deps fashion-mnist gpu-check clean
 
 $(STAMPS)/deps: requirements.txt
 	$(PY) -m pip install -qq --disable-pip-version-check -r requirements.txt
@@ -32,6 +32,10 @@ demo: deps fashion-mnist
 demo-seeds: deps fashion-mnist
 	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output --seeds 3
 
+# text-to-image CCA in miniature (demo_t2i/README.md)
+demo-t2i: deps fashion-mnist
+	$(PY) -m demo_t2i --data $(FASHION_MNIST_DIR) --out demo_t2i_output
+
 demo-quick: deps fashion-mnist
 	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output_quick --quick
 
@@ -47,4 +51,4 @@ gpu-check:
 	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(STAMPS) local_output demo_output demo_output_quick .pytest_cache
+	rm -rf $(STAMPS) local_output demo_output demo_output_quick demo_t2i_output .pytest_cache

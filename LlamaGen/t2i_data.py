@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -121,4 +122,7 @@ def t2i_dataset(args: argparse.Namespace) -> CaptionCodeDataset:
         data.check_vocab(args.vocab_size)
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    if len(data) < data.listed:
+        print(f"--data-path: {data.listed - len(data)} of {data.listed} listed records have no codes or no T5 "
+              f"features; they are left out", file=sys.stderr)
     return data

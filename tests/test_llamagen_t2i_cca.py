@@ -13,11 +13,11 @@ import pytest
 import torch
 from fixture_utils import REPO
 from llamagen_tiny import EMBED, IMAGE, VOCAB, make_assets
-from tiny_t5 import make_t5
 
 from cca.conditions import make_conditions
 from cca.train_config import TrainConfig
 from cca.trainer import Trainer
+from demo_t2i.text_encoder import build_t5
 from LlamaGen.captions import Caption
 from LlamaGen.checkpoints import build_gpt
 from LlamaGen.sample_t2i import main as sample_t2i, read_prompts
@@ -121,7 +121,7 @@ def test_prompt_files_lines_or_json_with_ids(tmp_path):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("t2i_e2e")
-    paths = {**make_assets(root), "root": root, "t5": make_t5(root / "t5", WORDS, D)}
+    paths = {**make_assets(root), "root": root, "t5": build_t5(root / "t5", WORDS, D)}
     images = sorted((root / "images").rglob("*.png"))
     (root / "listing").mkdir()
     (root / "listing" / "part0.jsonl").write_text("".join(

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from fixture_utils import REPO
-from tiny_t5 import make_t5
 
+from demo_t2i.text_encoder import build_t5
 from LlamaGen import extract_t5_features as xt5
 from LlamaGen.caption_text import preprocess
 from LlamaGen.captions import left_pad
@@ -29,7 +29,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
 def tiny(tmp_path_factory):
     """A T5 folder (word-level tokenizer that appends </s>, 1-layer encoder) and a listing of 4 captions."""
     root = tmp_path_factory.mktemp("t5")
-    folder = make_t5(root / "models" / "flan-t5-xl", WORDS, WIDTH)
+    folder = build_t5(root / "models" / "flan-t5-xl", WORDS, WIDTH)
     (root / "listing").mkdir()
     for stem, records in RECORDS.items():
         (root / "listing" / f"{stem}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in records))
