@@ -17,9 +17,9 @@ class TextConfig:
 
 def full_config() -> tuple[DemoConfig, TextConfig]:
     # the class-conditional LlamaGen miniature's tokenizer and CCA settings (demo/config.py, demo/TUNING.md); a
-    # GPT of dim 256 x 6 (its 12 caption tokens make every step dearer than the class token's one) and fewer
-    # samples per variant, to stay well inside 20 minutes on 2 cores
-    t2i = FamilyConfig("t2i", TokenizerConfig(), ARConfig(dim=256, n_layer=6, steps=800),
+    # GPT of dim 192 x 6 for 700 steps (its 12 caption tokens make every step dearer than the class token's one)
+    # and 3,000 samples per variant, to stay well inside 20 minutes on 2 cores
+    t2i = FamilyConfig("t2i", TokenizerConfig(), ARConfig(dim=192, n_layer=6, steps=700),
                        CCAConfig(beta=0.1, lambda_=2.0, lr=1e-4), cfg_scales=[1.5, 2.5, 4.0])
     return DemoConfig(per_class=300, sample_batch=1500, timing_batch=1500, families=[t2i]), TextConfig()
 
