@@ -44,8 +44,12 @@ test: test-deps fashion-mnist
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
 
+# ORIGINAL_ROOT=/path/to/CCA (the original release, VAR/ and LlamaGen/ inside) adds the side-by-side comparison.
+ORIGINAL_ROOT ?=
 bench: test-deps
 	$(PY) benchmarks/run.py
+	@if [ -n "$(ORIGINAL_ROOT)" ]; then $(PY) benchmarks/vs_original.py --original-root "$(ORIGINAL_ROOT)"; \
+	else echo "vs_original: skipped (make bench ORIGINAL_ROOT=/path/to/CCA compares with the original code)"; fi
 
 gpu-check:
 	bash benchmarks/gpu_check.sh

@@ -16,7 +16,7 @@ import torch
 
 from cca.sampling import filter_logits, guide, sample_from_logits
 from LlamaGen.captions import Caption
-from LlamaGen.gpt import KVCache, Transformer
+from LlamaGen.gpt import KVCache, Transformer, kv_cache_for
 
 LogitsHook = Callable[[int, torch.Tensor], None]   # (step, (B, V) logits handed to the sampler) -> None
 
@@ -67,9 +67,9 @@ def _with_null(model: Transformer, cond: torch.Tensor | Caption) -> torch.Tensor
 def _cache_for(model: Transformer, rows: torch.Tensor | Caption, max_len: int, device: torch.device,
                zeroed: bool) -> KVCache:
     """The KV cache of the R rows; for captions it also masks their padding keys at every step."""
-    cache = KVCache.for_model(model, _batch(rows)[0], max_len, device=device, zeroed=zeroed)
+    cache = kv_cache_for(model, _batch(rows)[0], max_len, device=device, zeroed=zeroed)
     if isinstance(rows, Caption):
-        cache.mask_caption(rows.mask)
+        cache.mask_prefix_keys(rows.mask)
     return cache
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cca.checkpoint import dataclass_from_dict
+from cca.layers import KVCache, drop_path_or_identity
 from LlamaGen.captions import Caption, CaptionEmbedder, attention_mask, caption_attention_mask
 
 
@@ -72,41 +73,12 @@ class ModelArgs:
         return find_multiple(hidden, self.multiple_of)
 
 
-class KVCache:
-    """Preallocated keys/values of every layer for ``batch`` rows and ``max_len`` positions (not a module)."""
-
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str, zeroed: bool = True):
-        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        make = torch.zeros if zeroed else torch.empty   # unzeroed: only for callers that never read past kv_len
-        self.k = make(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
-        self.v = make(shape, dtype=dtype, device=device)   # (L, B, H_kv, S_max, D)
-        self.key_mask: Optional[torch.Tensor] = None       # (B, S_max) bool: keys that may be attended (captions)
-
-    @classmethod
-    def for_model(cls, model: "Transformer", batch: int, max_len: int, dtype=None, device=None,
-                  zeroed: bool = True) -> "KVCache":
-        a = model.config
-        w = model.tok_embeddings.weight
-        return cls(a.n_layer, batch, a.n_kv_head or a.n_head, max_len, a.head_dim, dtype or w.dtype,
+def kv_cache_for(model: "Transformer", batch: int, max_len: int, dtype=None, device=None,
+                 zeroed: bool = True) -> KVCache:
+    """A cache for every layer of ``model``: ``batch`` rows, ``max_len`` positions, the weights' dtype and device."""
+    a, w = model.config, model.tok_embeddings.weight
+    return KVCache(a.n_layer, batch, a.n_kv_head or a.n_head, max_len, a.head_dim, dtype or w.dtype,
                    device or w.device, zeroed)
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    def mask_caption(self, caption_mask: torch.Tensor) -> None:
-        """Caption padding (B, T) bool: keys at its False positions are never attended (image keys always are)."""
-        B, T = caption_mask.shape
-        self.key_mask = torch.ones(B, self.max_len, dtype=torch.bool, device=self.k.device)
-        self.key_mask[:, :T] = caption_mask
-
-    def first_rows(self, n: int) -> "KVCache":
-        """A view on rows [0, n) sharing storage (used when guidance stops after ``cfg_interval``)."""
-        view = KVCache.__new__(KVCache)
-        view.k, view.v = self.k[:, :n], self.v[:, :n]
-        view.key_mask = None if self.key_mask is None else self.key_mask[:n]
-        return view
 
 
 class RMSNorm(nn.Module):
@@ -187,7 +159,7 @@ class Attention(nn.Module):
         self.attn_dropout_p = config.attn_dropout_p
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv: Optional[tuple[KVCache, int]] = None,
                 input_pos: Optional[torch.Tensor] = None, kv_len: Optional[int] = None,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """With a cache: ``kv_len`` (the filled length after this write, a Python int) attends over that prefix
@@ -200,18 +172,13 @@ class Attention(nn.Module):
         k = apply_rotary_emb(k.view(B, S, self.n_kv_head, self.head_dim), freqs).transpose(1, 2)  # (B, Hkv, S, D)
         v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)                          # (B, Hkv, S, D)
         if kv is not None:   # write this step into the static cache, attend over every filled position
-            k_cache, v_cache = kv                                                # (B, Hkv, S_max, D)
+            cache, layer = kv
             if kv_len is None:       # positions as a tensor: the step a CUDA graph replays has no Python ints
-                k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
-                v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
-                n = k_cache.shape[2]
+                k, v = cache.write_at(layer, input_pos, k, v)                    # (B, Hkv, S_max, D)
             else:   # the S positions ending at kv_len, as a slice copy (index_copy_ took 13 % of a CPU decode step)
-                k_cache[:, :, kv_len - S:kv_len].copy_(k)
-                v_cache[:, :, kv_len - S:kv_len].copy_(v)
-                n = kv_len
-            k, v = k_cache[:, :, :n], v_cache[:, :, :n]                          # (B, Hkv, n, D)
+                k, v = cache.write(layer, kv_len - S, k, v)                     # (B, Hkv, kv_len, D)
             if mask is None and (kv_len is None or (S > 1 and S != kv_len)):   # whole cache, or a later chunk
-                mask = torch.arange(n, device=x.device)[None, :] <= input_pos[:, None]   # (S, n) bool
+                mask = torch.arange(k.shape[2], device=x.device)[None, :] <= input_pos[:, None]   # (S, n) bool
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)        # (B, H, S_k, D)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -222,20 +189,6 @@ class Attention(nn.Module):
         return self.resid_dropout(self.wo(out))                                  # (B, S, dim)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero the whole residual branch of a sample with probability ``p``."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelArgs, drop_path: float):
         super().__init__()
@@ -243,7 +196,7 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(config)
         self.attention_norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv=None, input_pos=None, kv_len=None,
                 mask=None) -> torch.Tensor:
@@ -361,7 +314,7 @@ class Transformer(nn.Module):
         ``kv_len`` = input_pos[-1] + 1 as a Python int (``input_pos`` then the S consecutive positions before it)
         lets attention read only the filled prefix (eager decoding);
         None attends the whole cache under a mask (static shapes, for CUDA graphs; needs a zeroed cache).
-        A cache with a ``key_mask`` (``KVCache.mask_caption``) masks caption padding at every step."""
+        A cache with a ``key_mask`` (``KVCache.mask_prefix_keys``) masks caption padding at every step."""
         h = self.tok_dropout(x)
         freqs = self.rope(input_pos, h.device)
         mask = None
@@ -369,7 +322,7 @@ class Transformer(nn.Module):
             keys = cache.max_len if kv_len is None else kv_len
             mask = attention_mask(cache.key_mask[:, :keys], input_pos)          # (B, 1, S, keys)
         for i, layer in enumerate(self.layers):
-            h = layer(h, freqs, (cache.k[i], cache.v[i]), input_pos, kv_len, mask)
+            h = layer(h, freqs, (cache, i), input_pos, kv_len, mask)
         return self._head(h)
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cca.checkpoint import dataclass_from_dict
+from cca.layers import nearest_upsample_conv
 
 CODEBOOK_USAGE_WINDOW = 65536   # length of the released checkpoints' ``quantize.codebook_used`` buffer
 
@@ -43,7 +44,8 @@ class VQModelArgs:
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
-    return F.silu(x)      # x * sigmoid(x) as one fused kernel
+    """x * sigmoid(x) as one fused kernel, in place: every caller hands it a fresh normalisation output."""
+    return F.silu(x, inplace=True)
 
 
 def make_norm(channels: int, norm_type: str = "group") -> nn.Module:
@@ -61,7 +63,7 @@ class ResnetBlock(nn.Module):
         self.norm1 = make_norm(in_channels, norm_type)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
         self.norm2 = make_norm(out_channels, norm_type)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
@@ -70,7 +72,7 @@ class ResnetBlock(nn.Module):
         h = self.conv1(swish(self.norm1(x)))                      # (B, C_out, H, W)
         h = self.conv2(self.dropout(swish(self.norm2(h))))        # (B, C_out, H, W)
         skip = self.nin_shortcut(x) if self.in_channels != self.out_channels else x
-        return skip + h
+        return h.add_(skip)
 
 
 class AttnBlock(nn.Module):
@@ -107,12 +109,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling and a 3x3 conv, computed at the low resolution (cca.layers)."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))   # (B, C, 2H, 2W)
+        return nearest_upsample_conv(x, self.conv)                  # (B, C, 2H, 2W)
 
 
 class Encoder(nn.Module):

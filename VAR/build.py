@@ -15,7 +15,7 @@ import torch
 from cca.checkpoint import CheckpointError, load_state_dict_file, load_strict
 
 from .var import VAR
-from .vqvae import VQVAE
+from .vqvae import VQVAE, fit_usage_statistics
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 RELEASED_DEPTHS = (16, 20, 24, 30)
@@ -31,9 +31,9 @@ def build_vae(V: int = 4096, Cvae: int = 32, ch: int = 160, share_quant_resi: in
 
 
 def build_var(vae: VQVAE, depth: int = 16, num_classes: int = 1000, patch_nums: Sequence[int] = PATCH_NUMS_256,
-              shared_aln: bool = False, attn_l2_norm: bool = True, flash_if_available: bool = True,
-              fused_if_available: bool = True, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5,
-              init_head: float = 0.02, init_std: float = -1, dpr_ratio: float = 1.0, cond_drop_rate: float = 0.1,
+              shared_aln: bool = False, attn_l2_norm: bool = True, init_adaln: float = 0.5,
+              init_adaln_gamma: float = 1e-5, init_head: float = 0.02, init_std: float = -1, dpr_ratio: float = 1.0,
+              cond_drop_rate: float = 0.1,
               embed_dim: int | None = None, num_heads: int | None = None,
               device: str | torch.device = "cpu") -> VAR:
     """Width 64·depth and depth heads unless given; drop-path rate dpr_ratio · 0.1 · depth / 24."""
@@ -41,8 +41,7 @@ def build_var(vae: VQVAE, depth: int = 16, num_classes: int = 1000, patch_nums: 
         var = VAR(vae_local=vae, num_classes=num_classes, depth=depth, embed_dim=embed_dim or 64 * depth,
                   num_heads=num_heads or depth, drop_rate=0.0, attn_drop_rate=0.0,
                   drop_path_rate=dpr_ratio * 0.1 * depth / 24, norm_eps=1e-6, shared_aln=shared_aln,
-                  cond_drop_rate=cond_drop_rate, attn_l2_norm=attn_l2_norm, patch_nums=tuple(patch_nums),
-                  flash_if_available=flash_if_available, fused_if_available=fused_if_available)
+                  cond_drop_rate=cond_drop_rate, attn_l2_norm=attn_l2_norm, patch_nums=tuple(patch_nums))
         if torch.device(device).type != "meta":
             var.init_weights(init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head,
                              init_std=init_std)
@@ -52,7 +51,6 @@ def build_var(vae: VQVAE, depth: int = 16, num_classes: int = 1000, patch_nums: 
 def build_vae_var(device: str | torch.device = "cpu", patch_nums: Sequence[int] = PATCH_NUMS_256,
                   V: int = 4096, Cvae: int = 32, ch: int = 160, share_quant_resi: int = 4,
                   num_classes: int = 1000, depth: int = 16, shared_aln: bool = False, attn_l2_norm: bool = True,
-                  flash_if_available: bool = True, fused_if_available: bool = True,
                   init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
                   init_std: float = -1, dpr_ratio: float = 1.0, cond_drop_rate: float = 0.1,
                   vae_ch_mult: Sequence[int] = VAE_CH_MULT, vae_num_res_blocks: int = 2) -> tuple[VQVAE, VAR]:
@@ -61,8 +59,7 @@ def build_vae_var(device: str | torch.device = "cpu", patch_nums: Sequence[int] 
     vae = build_vae(V=V, Cvae=Cvae, ch=ch, share_quant_resi=share_quant_resi, patch_nums=patch_nums,
                     ch_mult=vae_ch_mult, num_res_blocks=vae_num_res_blocks, device=device)
     var = build_var(vae, depth=depth, num_classes=num_classes, patch_nums=patch_nums, shared_aln=shared_aln,
-                    attn_l2_norm=attn_l2_norm, flash_if_available=flash_if_available,
-                    fused_if_available=fused_if_available, init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma,
+                    attn_l2_norm=attn_l2_norm, init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma,
                     init_head=init_head, init_std=init_std, dpr_ratio=dpr_ratio, cond_drop_rate=cond_drop_rate,
                     device=device)
     return vae, var
@@ -151,12 +148,8 @@ def load_var_weights(var: VAR, path: str | os.PathLike, flag: str = "--ckpt_path
 
 
 def load_vae_weights(vae: VQVAE, path: str | os.PathLike, flag: str = "--vae_ckpt") -> VQVAE:
-    state_dict = dict(_read(path, flag))
-    key = "quantize.ema_vocab_hit_SV"   # usage statistics for another scale count: not an error (as originally)
-    own = vae.quantize.ema_vocab_hit_SV
-    if key in state_dict and state_dict[key].shape[1:] == own.shape[1:] and state_dict[key].shape != own.shape:
-        state_dict[key] = torch.zeros(own.shape, dtype=own.dtype)
-    assign = own.device.type == "meta"
+    state_dict = fit_usage_statistics(vae, _read(path, flag))
+    assign = vae.quantize.embedding.weight.device.type == "meta"
     load_strict(vae, state_dict, source=f"{flag} {path}", hint=vae_hint, assign=assign)
     vae.eval().requires_grad_(False)
     return vae

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cca.layers import nearest_upsample_conv
+
 
 def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=min(32, channels), num_channels=channels, eps=1e-6, affine=True)
@@ -33,9 +35,9 @@ class ResnetBlock(nn.Module):
                              else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))                    # (B, Cout, H, W)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))       # (B, Cout, H, W)
-        return self.nin_shortcut(x) + h
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))                 # (B, Cout, H, W)
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))   # (B, Cout, H, W)
+        return h.add_(self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
@@ -69,14 +71,15 @@ class Downsample2x(nn.Module):
 
 
 class Upsample2x(nn.Module):
-    """Nearest-neighbour 2x upsampling followed by a 3x3 conv."""
+    """Nearest-neighbour 2x upsampling followed by a 3x3 conv (computed at the low resolution, see
+    ``cca.layers.nearest_upsample_conv``)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))   # (B, C, 2H, 2W)
+        return nearest_upsample_conv(x, self.conv)                 # (B, C, 2H, 2W)
 
 
 class Level(nn.Module):
@@ -137,7 +140,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)                                           # (B, ch*mult, H/2^l, W/2^l)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))             # (B, z, H/ds, W/ds)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))   # (B, z, H/ds, W/ds)
 
 
 class Decoder(nn.Module):
@@ -165,4 +168,4 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))                              # (B, ch*mult[-1], h, w)
         for level in reversed(self.up):
             h = level(h)                                           # doubles H, W except at level 0
-        return self.conv_out(F.silu(self.norm_out(h)))             # (B, 3, H, W)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))   # (B, 3, H, W)

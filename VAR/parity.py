@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from .sampler import SampleTrace, generate
-from .var import VAR
+from .var import VAR, without_kernel_switches
 from .vqvae import VQVAE
 
 
@@ -56,7 +56,7 @@ def var_transformer(fixture_dir: Path, config: dict) -> dict[str, torch.Tensor]:
     fixture_dir = Path(fixture_dir)
     vae_dir = (fixture_dir / config.get("vqvae_fixture", "../var_vqvae")).resolve()
     vae = vqvae_from_fixture(vae_dir, json.loads((vae_dir / "config.json").read_text()))
-    args = dict(config["constructor_args"])
+    args = without_kernel_switches(config["constructor_args"])
     args["patch_nums"] = tuple(args["patch_nums"])
     var = VAR(vae_local=vae, **args)
     var.load_state_dict(load_file(str(fixture_dir / "weights.safetensors")), strict=True)

@@ -9,6 +9,7 @@ Public method names are those of the original ``VectorQuantizer2`` so existing n
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ def phi_ticks(count: int) -> np.ndarray:
     return np.linspace(margin, 1 - margin, count)
 
 
+@functools.lru_cache(maxsize=None)
 def phi_index(scale_index: int, num_scales: int, count: int) -> int:
     """Which of ``count`` phi convolutions scale ``scale_index`` (of ``num_scales``) uses: the nearest tick."""
     progress = scale_index / (num_scales - 1) if num_scales > 1 else 0.0
@@ -107,7 +109,7 @@ class MultiScaleQuantizer(nn.Module):
             sims = F.normalize(z_NC, dim=-1) @ F.normalize(codebook.T, dim=0)      # (N, V)
             return sims.argmax(dim=1)
         sq = z_NC.square().sum(dim=1, keepdim=True) + codebook.square().sum(dim=1)  # (N, V)
-        return torch.addmm(sq, z_NC, codebook.T, beta=1, alpha=-2).argmin(dim=1)    # ||z - e||^2 up to rounding
+        return sq.addmm_(z_NC, codebook.T, alpha=-2).argmin(dim=1)                 # ||z - e||^2 up to rounding
 
     def codes_to_map(self, idx_Bl: torch.Tensor, pn: int) -> torch.Tensor:
         """(B, pn*pn) indices -> (B, Cvae, pn, pn) code vectors."""

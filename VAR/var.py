@@ -16,8 +16,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .blocks import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin, StaticKVCache
+from cca.layers import KVCache
+
+from .blocks import AdaLNBeforeHead, AdaLNSelfAttn, SharedAdaLin
 from .vqvae import VQVAE
+
+# the original's switches for flash-attn / xformers / fused kernels (in its constructor calls and the fixtures'
+# argument lists); attention here always goes through F.scaled_dot_product_attention, so they have no counterpart
+UPSTREAM_KERNEL_SWITCHES = ("flash_if_available", "fused_if_available")
+
+
+def without_kernel_switches(args: dict) -> dict:
+    return {k: v for k, v in args.items() if k not in UPSTREAM_KERNEL_SWITCHES}
 
 
 class VAR(nn.Module):
@@ -25,8 +35,7 @@ class VAR(nn.Module):
                  num_heads: int = 16, mlp_ratio: float = 4.0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False,
                  cond_drop_rate: float = 0.1, attn_l2_norm: bool = False,
-                 patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-                 flash_if_available: bool = True, fused_if_available: bool = True):
+                 patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
@@ -63,8 +72,7 @@ class VAR(nn.Module):
             AdaLNSelfAttn(block_idx=i, last_drop_p=0.0 if i == 0 else drop_path[i - 1], embed_dim=self.C,
                           cond_dim=self.D, shared_aln=shared_aln, norm_eps=norm_eps, num_heads=num_heads,
                           mlp_ratio=mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=drop_path[i],
-                          attn_l2_norm=attn_l2_norm, flash_if_available=flash_if_available,
-                          fused_if_available=fused_if_available)
+                          attn_l2_norm=attn_l2_norm)
             for i in range(depth))
         self.head_nm = AdaLNBeforeHead(self.C, self.D, norm_eps=norm_eps)
         self.head = nn.Linear(self.C, self.V)
@@ -119,14 +127,24 @@ class VAR(nn.Module):
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1)                   # (B, first_l, C)
         return sos + self.pos_start.expand(B, self.first_l, -1) + lvl_pos[:, :self.first_l]
 
-    def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h.float(), cond_BD).float()).float()      # (B, l, V)
+    def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor | None,
+                   head_mods: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.head(self.head_nm(h.float(), cond_BD, head_mods).float()).float()   # (B, l, V)
 
-    def run_blocks(self, x: torch.Tensor, cond_BD: torch.Tensor, attn_bias: torch.Tensor | None = None,
-                   caches: Sequence[StaticKVCache] | None = None) -> torch.Tensor:
+    def modulations(self, cond_BD: torch.Tensor) -> tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
+        """The AdaLN vectors of every block and of the head for classes ``cond_BD`` (B, D): they do not depend on
+        the scale, so a sampling run computes them once."""
         cond = self.shared_ada_lin(cond_BD)                                      # (B, D) or (B, 1, 6, C)
+        return [block.modulation(cond) for block in self.blocks], self.head_nm.modulation(cond_BD)
+
+    def run_blocks(self, x: torch.Tensor, cond_BD: torch.Tensor | None, attn_bias: torch.Tensor | None = None,
+                   cache: KVCache | None = None, start: int = 0,
+                   mods: Sequence[tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
+        """x (B, l, C) through every block; with ``cache`` the l positions start at ``start``; ``mods`` from
+        ``modulations`` replaces ``cond_BD``."""
+        cond = None if mods is not None else self.shared_ada_lin(cond_BD)        # (B, D) or (B, 1, 6, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, cond, attn_bias=attn_bias, kv_cache=None if caches is None else caches[i])
+            x = block(x, cond, attn_bias=attn_bias, cache=cache, start=start, mods=None if mods is None else mods[i])
         return x
 
     # ---------------------------------------------------------------- teacher forcing
@@ -145,7 +163,8 @@ class VAR(nn.Module):
             x_BLC = torch.cat((self.first_token_map(cond_BD, lvl_pos), words + lvl_pos[:, self.first_l:]), dim=1)
         compute_dtype = torch.get_autocast_dtype(x_BLC.device.type) if torch.is_autocast_enabled(
             x_BLC.device.type) else x_BLC.dtype
-        x_BLC = self.run_blocks(x_BLC.to(compute_dtype), cond_BD.to(compute_dtype), self.attn_bias_for_masking)
+        x_BLC = self.run_blocks(x_BLC.to(compute_dtype), cond_BD.to(compute_dtype),
+                                self.attn_bias_for_masking.to(compute_dtype))
         return self.get_logits(x_BLC, cond_BD)                                  # (B, L, V)
 
     # ---------------------------------------------------------------- sampling

@@ -84,10 +84,16 @@ class VQVAE(nn.Module):
         return self.img_to_reconstructed_img(img, last_one=True)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        # like the original: the codebook-usage statistics of another scale count are not an error
-        key = "quantize.ema_vocab_hit_SV"
-        own = self.quantize.ema_vocab_hit_SV
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(own.shape):
-            state_dict = dict(state_dict)
-            state_dict[key] = own if own.device.type != "meta" else torch.zeros(own.shape, dtype=own.dtype)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(fit_usage_statistics(self, state_dict), strict=strict, assign=assign)
+
+
+def fit_usage_statistics(vae: VQVAE, state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """As the original: a file's codebook-usage statistics (``quantize.ema_vocab_hit_SV``, one row per scale) for
+    another number of scales are not an error; they are replaced by the model's own (zeros on the meta device).
+    Returns ``state_dict`` itself when nothing needs replacing, else a patched copy."""
+    key, own = "quantize.ema_vocab_hit_SV", vae.quantize.ema_vocab_hit_SV
+    if key not in state_dict or state_dict[key].shape[0] == own.shape[0]:
+        return state_dict
+    patched = dict(state_dict)
+    patched[key] = own if own.device.type != "meta" else torch.zeros(own.shape, dtype=own.dtype)
+    return patched

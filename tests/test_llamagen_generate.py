@@ -38,12 +38,12 @@ def test_cached_greedy_equals_uncached(cfg_scale, cfg_interval, n_kv_head):
 def test_masked_whole_cache_equals_filled_prefix(n_kv_head):
     """The CUDA-graph form (whole zeroed cache under a mask) and the eager form (only the filled prefix of an
     unzeroed cache, here poisoned with NaN to prove nothing past it is read) give the same logits at every step."""
-    from LlamaGen.gpt import KVCache
+    from LlamaGen.gpt import kv_cache_for
     model = _model(n_kv_head=n_kv_head)
     codes = torch.randint(40, (3, 15), generator=torch.Generator().manual_seed(0))
     rows = torch.tensor([0, 4, 6])
-    masked = KVCache.for_model(model, 3, 16)
-    prefix = KVCache.for_model(model, 3, 16, zeroed=False)
+    masked = kv_cache_for(model, 3, 16)
+    prefix = kv_cache_for(model, 3, 16, zeroed=False)
     prefix.k.fill_(float("nan")), prefix.v.fill_(float("nan"))
     with torch.no_grad():
         emb = model.cls_embedding.embedding_table(rows)[:, None]                    # (3, 1, dim)

@@ -11,7 +11,7 @@ from LlamaGen import ModelArgs, Transformer, generate
 from LlamaGen.captions import Caption, attention_mask, caption_attention_mask, left_pad
 from LlamaGen.checkpoints import build_gpt, load_gpt_weights
 from LlamaGen.generate import generate_uncached
-from LlamaGen.gpt import KVCache
+from LlamaGen.gpt import kv_cache_for
 
 T, D, V = 6, 12, 40                       # caption tokens, caption width, vocabulary
 
@@ -209,9 +209,9 @@ def test_whole_cache_masked_form_equals_filled_prefix_with_captions():
     """What a CUDA graph replays (the whole zeroed cache under the caption key mask) equals the eager form."""
     model, cond = tiny_t2i(), captions()
     codes = torch.randint(V, (3, 8), generator=torch.Generator().manual_seed(3))
-    whole, prefix = KVCache.for_model(model, 3, T + 9), KVCache.for_model(model, 3, T + 9, zeroed=False)
+    whole, prefix = kv_cache_for(model, 3, T + 9), kv_cache_for(model, 3, T + 9, zeroed=False)
     prefix.v.fill_(float("nan"))
-    whole.mask_caption(cond.mask), prefix.mask_caption(cond.mask)
+    whole.mask_prefix_keys(cond.mask), prefix.mask_prefix_keys(cond.mask)
     with torch.no_grad():
         emb = model.cls_embedding.embed(cond)
         a = model.forward_cached(emb, torch.arange(T), whole)

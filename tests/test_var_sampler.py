@@ -7,6 +7,7 @@ import torch
 
 import VAR.sampler as sampler
 from VAR import build_tiny_vae_var
+from cca.layers import KVCache
 from VAR.sampler import SampleTrace, generate
 
 
@@ -72,28 +73,30 @@ def test_guidance_free_runs_B_rows_guided_runs_2B(tiny):
 def test_kv_cache_is_allocated_once_at_full_length(tiny, monkeypatch):
     _, var = tiny
     made = []
-    real = sampler.make_kv_caches
+    real = sampler.make_kv_cache
 
     def spy(model, rows):
-        caches = real(model, rows)
-        made.append(caches)
-        return caches
+        made.append(real(model, rows))
+        return made[-1]
 
-    monkeypatch.setattr(sampler, "make_kv_caches", spy)
-    pointers = []
-    original_append = sampler.StaticKVCache.append
+    monkeypatch.setattr(sampler, "make_kv_cache", spy)
+    writes = []
+    original_write = KVCache.write
 
-    def recording_append(self, k, v):
-        out = original_append(self, k, v)
-        pointers.append((id(self), self.k.data_ptr(), self.k.shape))
+    def recording_write(self, layer, start, k, v):
+        out = original_write(self, layer, start, k, v)
+        writes.append((id(self), layer, start, k.shape[2], self.k.data_ptr()))
         return out
 
-    monkeypatch.setattr(sampler.StaticKVCache, "append", recording_append)
+    monkeypatch.setattr(KVCache, "write", recording_write)
     generate(var, 2, torch.tensor([1, 2]), cfg=0.0, top_k=1)
-    assert len(made) == 1 and len(made[0]) == var.depth
-    for cache in made[0]:
-        assert cache.length == var.L and cache.k.shape == (2, var.num_heads, var.L, var.C // var.num_heads)
-        assert len({p for (i, p, _) in pointers if i == id(cache)}) == 1   # same storage at every scale
+    assert len(made) == 1
+    cache = made[0]
+    assert cache.k.shape == (var.depth, 2, var.num_heads, var.L, var.C // var.num_heads)
+    assert {w[0] for w in writes} == {id(cache)} and len({w[4] for w in writes}) == 1   # one storage throughout
+    for layer in range(var.depth):   # every position of every layer written once, scale after scale
+        spans = [(start, n) for _, lay, start, n, _ in writes if lay == layer]
+        assert spans == [(b, e - b) for b, e in var.begin_ends]
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(tiny):
@@ -131,3 +134,41 @@ def test_shared_adaln_model_samples_like_its_uncached_forward():
         generate(var, 2, labels, cfg=1.0, top_k=1, trace=trace)
         want_tokens, _ = uncached_greedy(var, labels, 1.0)
     assert all(torch.equal(a, b) for a, b in zip(trace.tokens, want_tokens))
+
+
+def test_graphed_step_buffers_equal_the_eager_steps(tiny, monkeypatch):
+    """The CUDA-graph path's static buffers and copies, run without capture (CPU), reused across runs of other
+    classes and guidance as replayed graphs are, give exactly the eager path's logits and tokens."""
+    from VAR.graphs import GraphedScaleSteps
+    _, var = tiny
+    persistent = {}
+
+    def static_steps(model, rows, cuda_graph):
+        if rows not in persistent:
+            persistent[rows] = GraphedScaleSteps(model, rows, capture=False)
+        return persistent[rows]
+
+    for labels, cfg in ((torch.tensor([0, 3, 7]), 0.0), (torch.tensor([9, 1, 10]), 0.0), (torch.tensor([2, 2, 5]), 2.0),
+                        (torch.tensor([4, 6, 8]), 1.0)):
+        eager, graphed = SampleTrace(), SampleTrace()
+        generate(var, 3, labels, cfg=cfg, top_k=1, trace=eager, cuda_graph=False)
+        with monkeypatch.context() as m:
+            m.setattr(sampler, "_steps", static_steps)
+            generate(var, 3, labels, cfg=cfg, top_k=1, trace=graphed)
+        for a, b in zip(eager.guided_logits + eager.tokens, graphed.guided_logits + graphed.tokens):
+            assert torch.equal(a, b)
+    assert sorted(persistent) == [3, 6]
+
+
+def test_graphs_are_kept_per_shape_and_recaptured_when_weights_move(tiny, monkeypatch):
+    import VAR.graphs as graphs
+    _, var = tiny
+    monkeypatch.setattr(graphs, "GraphedScaleSteps", lambda model, rows: object())
+    a, b = graphs.graphed_scale_steps(var, 4), graphs.graphed_scale_steps(var, 4)
+    assert a is b                                                         # replayed, not captured again
+    c = graphs.graphed_scale_steps(var, 8)
+    assert c is not a and graphs.graphed_scale_steps(var, 8) is c         # one shape kept per model
+    var.head.weight = torch.nn.Parameter(var.head.weight.detach().clone())   # new storage, e.g. an assigning load
+    assert graphs.graphed_scale_steps(var, 8) is not c
+    graphs.drop_graphs(var)
+    assert var not in graphs._GRAPHED
