@@ -5,7 +5,7 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 export FASHION_MNIST_DIR
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-quick demo-seeds demo-t2i test bench deps test-deps fashion-mnist gpu-check clean
+.PHONY: demo demo-quick demo-seeds demo-curves demo-t2i test bench deps test-deps fashion-mnist gpu-check clean
 
 $(STAMPS)/deps: requirements.txt
 	$(PY) -m pip install -qq --disable-pip-version-check -r requirements.txt
@@ -31,6 +31,10 @@ demo: deps fashion-mnist
 # the CCA fine-tune and all sampling with 3 run seeds (mean +- spread); reuses make demo's stages for the first seed
 demo-seeds: deps fashion-mnist
 	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output --seeds 3
+
+# CCA at 3-4 lambdas per family beside the CFG-scale curve (curves_<family>.png); reuses make demo's stages
+demo-curves: deps fashion-mnist
+	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output --curves
 
 # text-to-image CCA in miniature (demo_t2i/README.md)
 demo-t2i: deps fashion-mnist

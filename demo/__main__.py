@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                         "llamagen.lambda_=2,beta=0.05")
     p.add_argument("--seeds", type=int, default=1, help="repeat the CCA fine-tune and all sampling with this many "
                                                         "run seeds and report mean +- spread (default 1)")
+    p.add_argument("--curves", action="store_true",
+                   help="also CCA fine-tune each family at the lambdas of its curve_lambdas setting and draw the "
+                        "CCA lambda curve beside the CFG-scale curve (FID against accuracy, curves_<family>.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
 
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from demo.report import summary_lines
     t0 = time.perf_counter()
     metrics = run_demo(cfg, data_dir, out_dir, families, progress=not args.no_progress, points=points,
-                       seeds=args.seeds)
+                       seeds=args.seeds, curves=args.curves)
     print("\n".join(summary_lines(metrics)))
     print(f"[demo] wrote {out_dir / 'report.md'} and {out_dir / 'metrics.json'} in "
           f"{(time.perf_counter() - t0) / 60:.1f} min")

@@ -70,6 +70,7 @@ class FamilyConfig:
     ar: ARConfig
     cca: CCAConfig
     cfg_scales: list[float]                        # base + CFG sweep, in the family's own convention
+    curve_lambdas: list[float] = field(default_factory=list)   # --curves: CCA fine-tunes at these lambdas
 
 
 @dataclass
@@ -116,10 +117,11 @@ def full_config() -> DemoConfig:
     # per image of tokens; 900 pretraining steps keep the whole run under 25 minutes) and a VAR of 6 blocks (1.0 ms
     # of tokens per image against 0.07 ms of decoding), all measured in the full runs of demo/TUNING.md
     llamagen = FamilyConfig("llamagen", TokenizerConfig(), ARConfig(dim=256, n_layer=8, steps=900),
-                            CCAConfig(beta=0.1, lambda_=2.0, lr=1e-4), cfg_scales=[1.5, 2.0, 3.0, 4.0])
+                            CCAConfig(beta=0.1, lambda_=2.0, lr=1e-4), cfg_scales=[1.5, 2.0, 3.0, 4.0],
+                            curve_lambdas=[0.5, 1.0, 2.0, 4.0])
     var = FamilyConfig("var", TokenizerConfig(z_channels=16), ARConfig(n_layer=6),
                        CCAConfig(beta=0.1, lambda_=2.0, lr=2e-4, uncond_ratio=0.1),
-                       cfg_scales=[1.0, 2.0, 3.0, 4.0])
+                       cfg_scales=[1.0, 2.0, 3.0, 4.0], curve_lambdas=[0.5, 1.0, 2.0, 4.0])
     return DemoConfig(families=[llamagen, var])
 
 
@@ -129,9 +131,9 @@ def quick_config() -> DemoConfig:
     ar = dict(dim=64, n_layer=2, n_head=2, steps=60, batch_size=32)
     cca = dict(epochs=0.5, batch_size=32)
     llamagen = FamilyConfig("llamagen", TokenizerConfig(vocab_size=64, **tok), ARConfig(**ar), CCAConfig(**cca),
-                            cfg_scales=[2.0])
+                            cfg_scales=[2.0], curve_lambdas=[0.5, 1.0, 2.0])
     var = FamilyConfig("var", TokenizerConfig(vocab_size=64, z_channels=16, **tok), ARConfig(**ar),
-                       CCAConfig(**cca), cfg_scales=[1.0])
+                       CCAConfig(**cca), cfg_scales=[1.0], curve_lambdas=[0.5, 1.0, 2.0])
     return DemoConfig(train_images=1000, test_images=500, per_class=5, sample_batch=50,
                       timing_batch=20, timing_rounds=1, timing_patience=5.0, bootstrap_replicates=200,
                       families=[llamagen, var],

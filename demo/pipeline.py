@@ -19,6 +19,7 @@ from demo import report
 from demo.classifier import accuracy, load_classifier, save_classifier, train_classifier
 from demo.config import DemoConfig, FamilyConfig, key_of
 from demo.cpuload import THREADS, machine_description
+from demo.curves import curve_settings, family_curve
 from demo.data import Split, load_split
 from demo.evaluate import Scorer, load_replicates
 from demo.families import FAMILIES, Family
@@ -216,7 +217,7 @@ class FamilyRun:
                 records[name]["token_sec_per_image"] = t["token_sec_per_image"]
         self.notes["timing_load"] = timing["load"]
 
-    def run(self, seeds: list[int], points: list[dict] = ()) -> dict[str, dict]:
+    def run(self, seeds: list[int], points: list[dict] = (), curves: bool = False) -> dict[str, dict]:
         self.tokenizer()
         self.codes()
         self.base_model()
@@ -230,7 +231,17 @@ class FamilyRun:
             if seed == seeds[0]:
                 self.time(pairs, records)
         self.notes["points"] = [self.extra_point(p) for p in points]
+        self.curve_runs = [self.curve_run(s, records) for s in
+                           curve_settings(self.fc.curve_lambdas, self.fc.cca.lambda_)] if curves else []
         return records
+
+    def curve_run(self, settings: dict, records: dict) -> tuple[float, str, dict]:
+        """(lambda, variant name, scores) of one point of the lambda curve; {} is the main CCA run."""
+        if not settings:
+            name = f"{self.fc.family}_cca"
+            return self.fc.cca.lambda_, name, records[name]["scores"]
+        p = self.extra_point(settings)
+        return settings["lambda_"], p["name"], p["scores"]
 
     def extra_point(self, settings: dict) -> dict:
         """One extra CCA run with ``cca.<field> = value`` for each item of ``settings``, sampled guidance-free
@@ -248,7 +259,7 @@ class FamilyRun:
 
 
 def run_demo(cfg: DemoConfig, data_dir: Path, out_dir: Path, families: list[str], *, progress: bool = True,
-             points: list[tuple[str, dict]] = (), seeds: int = 1) -> dict:
+             points: list[tuple[str, dict]] = (), seeds: int = 1, curves: bool = False) -> dict:
     """Every stage of the named families; writes metrics.json and the report; returns the metrics."""
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,12 +271,14 @@ def run_demo(cfg: DemoConfig, data_dir: Path, out_dir: Path, families: list[str]
     run_seeds = [cfg.seed + k for k in range(seeds)]
     metrics = {"machine": machine_description(), "feature_networks": net_info,
                "bootstrap": {"replicates": cfg.bootstrap_replicates, "level": 0.95, "of": "the samples"},
-               "seeds": run_seeds, "variants": {}, "targets": {}, "seed_summary": {}}
+               "seeds": run_seeds, "variants": {}, "targets": {}, "seed_summary": {}, "curves": {}}
     notes = {}
     for name in families:
         run = FamilyRun(cfg, cfg.family(name), cache, out_dir, train, test, scorer, progress)
-        metrics["variants"].update(run.run(run_seeds, [p for fam, p in points if fam == name]))
+        metrics["variants"].update(run.run(run_seeds, [p for fam, p in points if fam == name], curves))
         notes[name] = run.notes
+        if curves:
+            metrics["curves"][name] = family_curve(metrics["variants"], name, cfg.seed, run.curve_runs)
     replicates = functools.lru_cache(maxsize=None)(lambda rel: load_replicates(out_dir / rel))
     for name in families:
         metrics["targets"][name] = family_targets(metrics["variants"], name, cfg.seed, list(nets),

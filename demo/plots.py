@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from demo.data import CLASS_NAMES
-from evaluations.plots import line_panel
+from evaluations.plots import PALETTE, line_panel, text_font
 
 
 def sample_grid(npz_path: Path, png_path: Path, per_row: int = 10, zoom: int = 3, num_classes: int = 10) -> None:
@@ -16,7 +16,7 @@ def sample_grid(npz_path: Path, png_path: Path, per_row: int = 10, zoom: int = 3
     with np.load(npz_path) as d:
         images, labels = d["arr_0"], d["arr_1"]
     H, W = images.shape[1:3]
-    font = ImageFont.load_default()
+    font = text_font()
     label_w, pad = 80, 2
     canvas = Image.new("RGB", (label_w + per_row * (W * zoom + pad), num_classes * (H * zoom + pad)), "white")
     draw = ImageDraw.Draw(canvas)
@@ -41,3 +41,28 @@ def guidance_plot(png_path: Path, family: str, cfg_label: str, curve: list[tuple
                    [{"x": cca_point[0], "y": cca_point[col], "color": (214, 39, 40),
                      "label": "CCA, guidance-free"}])
     img.save(png_path)
+
+
+CURVE_PANEL = (480, 360)                 # width, height of one network's panel in curves_<family>.png
+
+
+def curve_series(curve: dict, net: str) -> list[dict]:
+    """The two polylines of one network's panel (x accuracy, y classifier-FID), each point labelled with its
+    CFG scale or lambda; ``curve`` as ``demo.curves.family_curve`` returns it."""
+    def series(points: list[dict], setting: str, color, label: str) -> dict:
+        return {"x": [p["scores"][net]["accuracy"] for p in points], "y": [p["scores"][net]["fid"] for p in points],
+                "texts": [f"{p[setting]:g}" for p in points], "color": color, "label": label}
+    return [series(curve["cfg"], "cfg", PALETTE[0], "base + CFG (by scale)"),
+            series(curve["cca"], "lambda", PALETTE[1], "CCA, no guidance (by lambda)")]
+
+
+def curve_plot(png_path: Path, family: str, curve: dict, nets: list[str]) -> Path:
+    """One panel per feature network: classifier-FID against accuracy along the CFG scales and the lambdas."""
+    W, H = CURVE_PANEL
+    img = Image.new("RGB", (W * len(nets), H), "white")
+    draw = ImageDraw.Draw(img)
+    for i, net in enumerate(nets):
+        line_panel(draw, (i * W, 0, (i + 1) * W, H), f"{family} ({net}): classifier-FID against accuracy",
+                   "accuracy (higher is better)", curve_series(curve, net), [], ylabel="FID (lower is better)")
+    img.save(png_path)
+    return Path(png_path)

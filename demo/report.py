@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from demo import plots
+from demo.curves import curves_section, draw_curves
 from demo.targets import HALF, ROBUST_LOWER, TIME_LIMIT, family_variants, gap_checks
 
 CFG_LABEL = {"llamagen": "cfg-scale (LlamaGen: 1 = no guidance)", "var": "cfg (VAR: 0 = no guidance)"}
@@ -144,8 +145,7 @@ def _plot_family(out_dir: Path, variants: dict, family: str, net: str) -> str | 
 
 def header(metrics: dict, cfg, stage_seconds: dict, skipped: list, wall_seconds: float) -> list[str]:
     m, t = metrics["machine"], metrics["threads"]
-    threads = ", ".join(f"{n} thread(s) for {s:.0f} s" if s is not None else f"{n} thread(s)"
-                        for n, s in t["seconds_at_threads"].items())
+    threads = ", ".join(f"{n} thread(s) for {s:.0f} s" for n, s in t["seconds_at_threads"].items())
     nets = "; ".join(f"**{n}** ({i['spec']['stages']} convs, {'averaged' if i['spec']['global_pool'] else 'flattened'}"
                      f", {i['spec']['feat_dim']} features, seed {i['spec']['seed']}): test accuracy "
                      f"{i['test_accuracy']:.4f}" for n, i in metrics["feature_networks"].items())
@@ -185,6 +185,8 @@ def write_report(out_dir: Path, metrics: dict, *, notes: dict, cfg, stage_second
         for net in metrics["feature_networks"]:
             png = _plot_family(out_dir, variants, fam, net)
             lines += [f"![{fam} {net}]({png})", ""] if png else []
+    draw_curves(out_dir, metrics["curves"], list(metrics["feature_networks"]))
+    lines += curves_section(metrics["curves"], list(metrics["feature_networks"]), CFG_LABEL)
     lines += ["## Samples (one row per class)", ""]
     for name, v in variants.items():
         png = f"grid_{name}.png"

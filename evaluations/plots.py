@@ -14,6 +14,12 @@ PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 RING_RADIUS = 6           # ring around a series point listed in its "rings": 2 px wide, at radius 5-6
 
 
+def text_font() -> ImageFont.ImageFont:
+    """PIL's bitmap font (6 px per character): Pillow >= 10.1's default FreeType font at its 10 px size draws a
+    space 2 px wide, so "FID against IS" reads "FIDagainst IS"."""
+    return getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About ``n`` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
     if hi <= lo:
@@ -43,7 +49,7 @@ def panel_mapping(box: tuple[int, int, int, int], series: list[dict], points: li
 
 
 def _axes(draw: ImageDraw.ImageDraw, box, px, limits, title: str, xlabel: str, ylabel: str) -> None:
-    font = ImageFont.load_default()
+    font = text_font()
     x0, y0 = box[:2]
     xlo, xhi, ylo, yhi = limits
     (left, bottom), (right, top) = px(xlo, ylo), px(xhi, yhi)
@@ -67,11 +73,12 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title:
                series: list[dict], points: list[dict], ylabel: str = "") -> None:
     """series: {'x', 'y', 'color', 'label'} polylines with dots, optionally 'rings' (indices of points to ring in
     black) and 'texts' (a short text beside each point); points: {'x', 'y', 'color', 'label'} diamond markers."""
-    font = ImageFont.load_default()
+    font = text_font()
     px, limits = panel_mapping(box, series, points)
     _axes(draw, box, px, limits, title, xlabel, ylabel)
     right, top = px(limits[1], limits[3])
     legend_y = top + 5
+    legend_x = right - 6 - max((draw.textlength(e["label"], font=font) for e in [*series, *points]), default=0)
     for s in series:
         pts = [px(x, y) for x, y in zip(s["x"], s["y"])]
         if len(pts) > 1:
@@ -83,12 +90,12 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title:
             draw.ellipse([a - 3, b - 3, a + 3, b + 3], fill=s["color"])
             if s.get("texts"):
                 draw.text((a + 5, b + 3), s["texts"][i], fill=s["color"], font=font)
-        draw.text((right - 150, legend_y), s["label"], fill=s["color"], font=font)
+        draw.text((legend_x, legend_y), s["label"], fill=s["color"], font=font)
         legend_y += 12
     for p in points:
         a, b = px(p["x"], p["y"])
         draw.polygon([(a, b - 7), (a + 7, b), (a, b + 7), (a - 7, b)], fill=p["color"], outline="black")
-        draw.text((right - 150, legend_y), p["label"], fill=p["color"], font=font)
+        draw.text((legend_x, legend_y), p["label"], fill=p["color"], font=font)
         legend_y += 12
 
 
@@ -99,6 +106,6 @@ def chart(png_path: str | Path, title: str, xlabel: str, ylabel: str, series: li
     draw = ImageDraw.Draw(img)
     line_panel(draw, (0, 0, size[0], size[1] - (14 if note else 0)), title, xlabel, series, [], ylabel)
     if note:
-        draw.text((8, size[1] - 13), note, fill="black", font=ImageFont.load_default())
+        draw.text((8, size[1] - 13), note, fill="black", font=text_font())
     img.save(png_path)
     return Path(png_path)

@@ -47,8 +47,11 @@ def test_metrics_json_schema(quick_run):
     out = quick_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"machine", "feature_networks", "bootstrap", "seeds", "variants", "targets", "seed_summary",
-                            "threads"}
-    assert metrics["threads"] == {"mode": "fixed", "seconds_at_threads": {"1": None}, "switches": 0}
+                            "threads", "curves"}
+    assert metrics["curves"] == {}                       # only with --curves
+    threads = metrics["threads"]
+    assert (threads["mode"], set(threads["seconds_at_threads"]), threads["switches"]) == ("fixed", {"1"}, 0)
+    assert threads["seconds_at_threads"]["1"] > 0
     assert set(metrics["feature_networks"]) == NETS
     assert all(0.0 < n["test_accuracy"] <= 1.0 for n in metrics["feature_networks"].values())
     assert {"cpu", "torch"} <= set(metrics["machine"])
@@ -117,13 +120,15 @@ def test_report_and_pngs(quick_run):
 
 def test_rerun_uses_the_cache(quick_run):
     out = quick_run
-    before = (out / "metrics.json").read_text()
+    before = json.loads((out / "metrics.json").read_text())
     proc = run_demo("--quick", "--data", str(DATA), "--out", str(out), "--threads", "1", "--no-progress",
                     timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ": running" not in proc.stdout, proc.stdout          # every stage was cached
     assert "var_cca: cached" in proc.stdout
-    assert (out / "metrics.json").read_text() == before
+    after = json.loads((out / "metrics.json").read_text())
+    threads = after.pop("threads"), before.pop("threads")      # the work of each invocation: little when cached
+    assert after == before and threads[0]["seconds_at_threads"]["1"] < threads[1]["seconds_at_threads"]["1"]
 
 
 def test_a_fresh_run_at_the_same_threads_repeats_every_score(quick_run, tmp_path):
@@ -154,10 +159,52 @@ def test_seeds_and_extra_points_reuse_the_run(quick_run, tmp_path):
     assert all("sec_per_image" not in v for v in seeded.values())        # only the first seed is timed
     summary = metrics["seed_summary"]["var"]
     for net in NETS:
-        closed = summary[net]["fid_gap_closed"]
-        assert len(closed["values"]) == 2 and closed["min"] <= closed["mean"] <= closed["max"]
+        assert len(summary[net]["fid_gap_closed"]["values"]) == 2       # nan where CFG did not beat the base
+        fid = summary[net]["cca_fid"]
+        assert len(fid["values"]) == 2 and fid["min"] <= fid["mean"] <= fid["max"] and fid["sd"] >= 0
     report = (copy / "report.md").read_text()
     assert "## Run seeds" in report and "lambda_ = 2, beta = 0.2" in report
+
+
+def near(img: Image.Image, xy: tuple[float, float], color: tuple[int, int, int], r: int = 2) -> bool:
+    a, b = round(xy[0]), round(xy[1])
+    return any(img.getpixel((a + i, b + j)) == color for i in range(-r, r + 1) for j in range(-r, r + 1))
+
+
+def test_curves_reuse_the_run_and_draw_every_point(quick_run, tmp_path):
+    from demo import plots
+    from evaluations.plots import panel_mapping
+    copy = tmp_path / "out"
+    shutil.copytree(quick_run, copy)
+    proc = run_demo("--quick", "--data", str(DATA), "--out", str(copy), "--threads", "1", "--no-progress",
+                    "--curves", "--set", "var.curve_lambdas=[2, 0.5, 1]", timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "llamagen_cca: cached" in proc.stdout and "llamagen_cca_lambda0.5: running" in proc.stdout
+    metrics = json.loads((copy / "metrics.json").read_text())
+    report = (copy / "report.md").read_text()
+    for fam, cfg_scales in (("llamagen", [1.0, 2.0]), ("var", [0.0, 1.0])):
+        curve = metrics["curves"][fam]
+        assert [p["cfg"] for p in curve["cfg"]] == cfg_scales            # guidance-free first, then the scales
+        assert [p["lambda"] for p in curve["cca"]] == [0.5, 1.0, 2.0]    # sorted; lambda 1 is the main CCA run
+        assert curve["cca"][1]["variant"] == f"{fam}_cca" and curve["cca"][0]["variant"] == f"{fam}_cca_lambda0.5"
+        assert curve["cca"][1]["scores"]["cnn-a"]["fid"] == metrics["variants"][f"{fam}_cca"]["scores"]["cnn-a"]["fid"]
+        assert curve["cfg"][0]["variant"] == f"{fam}_base"
+        with Image.open(copy / f"curves_{fam}.png") as im:
+            img = im.convert("RGB")
+        W, H = plots.CURVE_PANEL
+        assert img.size == (2 * W, H)
+        for i, net in enumerate(sorted(NETS)):
+            series = plots.curve_series(curve, net)
+            assert [s["texts"] for s in series] == [[f"{v:g}" for v in cfg_scales], ["0.5", "1", "2"]]
+            px, _ = panel_mapping((i * W, 0, (i + 1) * W, H), series, [])
+            points = [(px(x, y), s["color"]) for s in series for x, y in zip(s["x"], s["y"])]
+            for xy, color in points:        # every point drawn in its series' colour, unless another covers it
+                covered = any(c != color and abs(q[0] - xy[0]) < 8 and abs(q[1] - xy[1]) < 8 for q, c in points)
+                assert near(img, xy, color) or covered, (fam, net, xy)
+        assert f"(curves_{fam}.png)" in report
+        for p in curve["cca"]:
+            s = p["scores"]["cnn-b"]
+            assert f"| {fam} | CCA, guidance-free | lambda {p['lambda']:g} |" in report and f"{s['fid']:.2f}" in report
 
 
 @pytest.mark.parametrize("args, names", [
@@ -177,7 +224,7 @@ def test_bad_input_fails_fast_with_one_line(tmp_path, args, names):
 
 
 def test_timing_gives_cca_as_many_draws_as_the_cfg_side():
-    from demo.samplers import Variant, time_variants, timing_schedule
+    from demo.samplers import TimingPolicy, Variant, time_variants, timing_schedule
     calls: list[str] = []
 
     def sampler(name):
@@ -197,7 +244,8 @@ def test_timing_gives_cca_as_many_draws_as_the_cfg_side():
     with pytest.raises(KeyError, match="nope"):
         timing_schedule(variants, paired="nope")
 
-    best, load = time_variants(variants, batch_size=4, rounds=2, paired="cca", progress=False)
+    best, load = time_variants(variants, batch_size=4, rounds=2, paired="cca", progress=False,
+                               policy=TimingPolicy(patience=0.0))     # no repeats of loaded batches here
     timed = calls[7:]                                 # after one warm-up of each distinct sampler
     assert sorted(calls[:7]) == sorted(["base", "cca", "cfg1", "cfg2", "cfg3", "cca:tokens", "cfg1:tokens"])
     assert timed.count("cca") == 2 * 3 and all(timed.count(c) == 2 for c in ("base", "cfg1", "cfg2", "cfg3"))
