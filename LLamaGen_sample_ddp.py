@@ -114,6 +114,11 @@ def sample_run(args: argparse.Namespace, dtype: torch.dtype) -> SampleRun:
                      args.global_seed, sample_settings(args, dtype), png=args.save_png)
 
 
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """--precision -> the GPT's dtype (auto: bf16 on GPU, float32 on CPU)."""
+    return PRECISIONS[("bf16" if device.type == "cuda" else "none") if precision == "auto" else precision]
+
+
 @exits_on_errors
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
@@ -124,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     dist = start_process(args.device)
     cdist.set_tf32(not args.no_tf32)
     device = dist.device
-    dtype = PRECISIONS["bf16" if device.type == "cuda" else "none"] if args.precision == "auto" \
-        else PRECISIONS[args.precision]
+    dtype = weights_dtype(args.precision, device)
     spec = SampleSpec(args.gpt_model, args.gpt_ckpt, args.vq_model, args.vq_ckpt, args.codebook_size,
                       args.codebook_embed_dim, args.image_size, args.image_size_eval, args.downsample_size,
                       args.num_classes, flag="--gpt-ckpt/--ckpt_path")

@@ -55,7 +55,8 @@ def set_model_and_optim(policy: nn.Module, optimizer: torch.optim.Optimizer, sta
 
 def all_ranks(obj) -> list:
     """Every rank's Python object, by rank (``[obj]`` in one process)."""
-    world = cdist.get_world_size()
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world == 1:
         return [obj]
     out = [None] * world
