@@ -38,7 +38,6 @@ from LlamaGen.captions import Caption, left_pad
 from LlamaGen.extract_t5_features import HUB_REPOS, load_t5, t5_features, t5_folder
 from LlamaGen.family import SampleSpec, load_sampler
 from LlamaGen.gpt import GPT_SIZES
-from LlamaGen.vq_model import VQ_models
 
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
@@ -92,17 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpt-ckpt", required=True, help="T2I GPT weights (released t2i_*.pt or a CCA fine-tune)")
     p.add_argument("--gpt-type", choices=["t2i"], default="t2i")
     p.add_argument("--cls-token-num", type=int, default=120, help="caption tokens of the model")
-    p.add_argument("--precision", choices=["auto", "none", "fp16", "bf16"], default="auto",
-                   help="GPT and T5 dtype; auto: bf16 on GPU, none (fp32) on CPU")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the GPT blocks (default: on GPU only)")
-    p.add_argument("--vq-model", choices=list(VQ_models), default="VQ-16")
-    p.add_argument("--vq-ckpt", default="vq_ds16_t2i", help="tokenizer (file, release name or hf://)")
-    p.add_argument("--codebook-size", type=int, default=16384)
-    p.add_argument("--codebook-embed-dim", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=512)
+    c2i.add_model_flags(p, vq_ckpt="vq_ds16_t2i", image_size=512)
     p.add_argument("--image-size-eval", type=int, default=None, help="resize (bicubic) to this (default: none)")
-    p.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
     p.add_argument("--cfg-scale", type=float, default=7.5, help="1 = guidance-free (LlamaGen convention)")
     p.add_argument("--cfg-interval", type=float, default=-1, help="stop guiding after this decode step (-1: never)")
     p.add_argument("--sample-dir", default="samples_t2i")

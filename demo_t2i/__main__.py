@@ -8,14 +8,13 @@ from pathlib import Path
 
 from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
+from demo.__main__ import add_data_and_out_flags, apply_override
 
 
 @exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m demo_t2i", description=__doc__, allow_abbrev=False)
-    p.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: $FASHION_MNIST_DIR, else "
-                                               "/usr/share/datasets/fashion-mnist)")
-    p.add_argument("--out", default="demo_t2i_output", help="output folder (stage cache in OUT/cache)")
+    add_data_and_out_flags(p, "demo_t2i_output")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline, not the claim")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads: 0 (default) auto, as python3 -m demo")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -26,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
 
     from cca.checkpoint import check_writable_dir
-    from demo.__main__ import apply_override
     from demo.cpuload import THREADS
     from demo.data import resolve_data_dir
     from demo.report import summary_lines

@@ -12,9 +12,9 @@ from pathlib import Path
 from demo import plots, report
 from demo.config import DemoConfig, FamilyConfig, key_of
 from demo.cpuload import THREADS, machine_description
-from demo.evaluate import Scorer, load_replicates
+from demo.evaluate import load_replicates
 from demo.families import Family
-from demo.pipeline import FamilyRun, load_data, train_classifiers
+from demo.pipeline import FamilyRun, shared_stages
 from demo.stages import StageCache
 from demo.targets import family_targets
 from demo_t2i.captions import CLASS_NAMES, TEST_TEMPLATES, TRAIN_TEMPLATES, phrasings
@@ -46,12 +46,7 @@ def text_encoder(cache: StageCache, text: TextConfig) -> Path:
 
 def run_t2i_demo(cfg: DemoConfig, text: TextConfig, data_dir: Path, out_dir: Path, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(out_dir / "cache")
-    train, test = load_data(cfg, data_dir, cache)
-    nets, net_info, net_keys = train_classifiers(cfg, train, test, cache, progress)
-    scorer = Scorer(nets, test.uint8_rgb(), key_of(net_keys, cfg.bootstrap_replicates, cfg.seed),
-                    cfg.bootstrap_replicates, cfg.seed)
+    cache, train, test, nets, net_info, scorer = shared_stages(cfg, data_dir, out_dir, progress)
     t5 = text_encoder(cache, text)
     banks = [encode_bank(t5, templates, text.tokens) for templates in (TRAIN_TEMPLATES, TEST_TEMPLATES)]
     fc = cfg.family("t2i")
