@@ -33,6 +33,20 @@ from LlamaGen.vq_model import VQ_models
 PRECISIONS = {"none": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def add_model_flags(p: argparse.ArgumentParser, vq_ckpt: str, image_size: int) -> None:
+    """The weights' dtype, compiling, tokenizer and image size flags (also those of LlamaGen/sample_t2i.py)."""
+    p.add_argument("--precision", choices=["auto", "none", "fp16", "bf16"], default="auto",
+                   help="GPT (t2i: and T5) weights dtype; auto: bf16 on GPU, none (fp32) on CPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the GPT blocks (default: on GPU only)")
+    p.add_argument("--vq-model", choices=list(VQ_models), default="VQ-16")
+    p.add_argument("--vq-ckpt", default=vq_ckpt, help="tokenizer (file, release name or hf://)")
+    p.add_argument("--codebook-size", type=int, default=16384)
+    p.add_argument("--codebook-embed-dim", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=image_size)
+    p.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="LLamaGen_sample_ddp.py", allow_abbrev=False,
                                 description=__doc__.splitlines()[0])
@@ -42,17 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpt-type", choices=["c2i"], default="c2i")
     p.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility; the format is detected")
     p.add_argument("--cls-token-num", type=int, choices=[1], default=1)
-    p.add_argument("--precision", choices=["auto", "none", "fp16", "bf16"], default="auto",
-                   help="GPT weights dtype; auto: bf16 on GPU, none (fp32) on CPU")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the GPT blocks (default: on GPU only)")
-    p.add_argument("--vq-model", choices=list(VQ_models), default="VQ-16")
-    p.add_argument("--vq-ckpt", default="vq_ds16_c2i", help="tokenizer (file, release name or hf://)")
-    p.add_argument("--codebook-size", type=int, default=16384)
-    p.add_argument("--codebook-embed-dim", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=384)
+    add_model_flags(p, vq_ckpt="vq_ds16_c2i", image_size=384)
     p.add_argument("--image-size-eval", type=int, default=256, help="images are resized (bicubic) to this")
-    p.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--cfg-scale", type=float, default=1.5, help="1 = guidance-free (LlamaGen convention)")
     p.add_argument("--cfg-interval", type=float, default=-1, help="stop guiding after this decode step (-1: never)")
@@ -114,6 +119,11 @@ def sample_run(args: argparse.Namespace, dtype: torch.dtype) -> SampleRun:
                      args.global_seed, sample_settings(args, dtype), png=args.save_png)
 
 
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """--precision -> the GPT's dtype (auto: bf16 on GPU, float32 on CPU)."""
+    return PRECISIONS[("bf16" if device.type == "cuda" else "none") if precision == "auto" else precision]
+
+
 @exits_on_errors
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
@@ -124,8 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     dist = start_process(args.device)
     cdist.set_tf32(not args.no_tf32)
     device = dist.device
-    dtype = PRECISIONS["bf16" if device.type == "cuda" else "none"] if args.precision == "auto" \
-        else PRECISIONS[args.precision]
+    dtype = weights_dtype(args.precision, device)
     spec = SampleSpec(args.gpt_model, args.gpt_ckpt, args.vq_model, args.vq_ckpt, args.codebook_size,
                       args.codebook_embed_dim, args.image_size, args.image_size_eval, args.downsample_size,
                       args.num_classes, flag="--gpt-ckpt/--ckpt_path")

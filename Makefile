@@ -5,7 +5,7 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 export FASHION_MNIST_DIR
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo demo-quick demo-seeds demo-curves test bench deps test-deps fashion-mnist gpu-check clean
+.PHONY: demo demo-quick demo-seeds demo-curves demo-t2i test bench deps test-deps fashion-mnist gpu-check clean
 
 $(STAMPS)/deps: requirements.txt
 	$(PY) -m pip install -qq --disable-pip-version-check -r requirements.txt
@@ -36,6 +36,10 @@ demo-seeds: deps fashion-mnist
 demo-curves: deps fashion-mnist
 	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output --curves
 
+# text-to-image CCA in miniature (demo_t2i/README.md)
+demo-t2i: deps fashion-mnist
+	$(PY) -m demo_t2i --data $(FASHION_MNIST_DIR) --out demo_t2i_output
+
 demo-quick: deps fashion-mnist
 	$(PY) -m demo --data $(FASHION_MNIST_DIR) --out demo_output_quick --quick
 
@@ -55,4 +59,4 @@ gpu-check:
 	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(STAMPS) local_output demo_output demo_output_quick .pytest_cache
+	rm -rf $(STAMPS) local_output demo_output demo_output_quick demo_t2i_output .pytest_cache

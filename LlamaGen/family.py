@@ -71,17 +71,23 @@ class SampleSpec:
     downsample_size: int
     num_classes: int
     flag: str = "--gpt-ckpt"      # names the GPT checkpoint in errors
+    gpt_type: str = "c2i"         # t2i: caption-conditioned, with the two fields below
+    cls_token_num: int | None = None
+    caption_dim: int = 2048
 
 
 def load_sampler(spec: SampleSpec, device: torch.device, dtype: torch.dtype, *, compile: bool, cfg_scale: float,
-                 cfg_interval: int, temperature: float, top_k: int, top_p: float) -> SampleFn:
+                 cfg_interval: int, temperature: float, top_k: int, top_p: float,
+                 condition: Callable[[torch.Tensor], object] | None = None) -> SampleFn:
     """The sample function of --gpt-ckpt decoded by --vq-ckpt: labels, batch seed -> uint8 images
-    (``clamp(127.5 x + 128, 0, 255)`` cut, as the original), resized (bicubic) to --image-size-eval."""
+    (``clamp(127.5 x + 128, 0, 255)`` cut, as the original), resized (bicubic) to --image-size-eval.
+    ``condition``: labels -> what the GPT is conditioned on (default: the labels; t2i: their captions)."""
     vq = load_vq(spec.vq_ckpt, spec.vq_model, spec.codebook_size, spec.codebook_embed_dim, device)
     if vq.downsample != spec.downsample_size:
         raise UsageError(f"--downsample-size {spec.downsample_size}: the tokenizer downsamples by {vq.downsample}")
     gpt = build_gpt(spec.gpt_model, vocab_size=spec.codebook_size, image_size=spec.image_size,
-                    downsample_size=spec.downsample_size, num_classes=spec.num_classes, device="meta")
+                    downsample_size=spec.downsample_size, num_classes=spec.num_classes, device="meta",
+                    gpt_type=spec.gpt_type, cls_token_num=spec.cls_token_num, caption_dim=spec.caption_dim)
     load_gpt_weights(gpt, spec.gpt_ckpt, flag=spec.flag)
     gpt = gpt.to(device=device, dtype=dtype).eval()
     if compile:
@@ -91,7 +97,8 @@ def load_sampler(spec: SampleSpec, device: torch.device, dtype: torch.dtype, *, 
     @torch.no_grad()
     def sample(labels: torch.Tensor, seed: int) -> np.ndarray:
         gen = torch.Generator(device=device).manual_seed(seed)
-        tokens = generate(gpt, labels, latent ** 2, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
+        cond = labels if condition is None else condition(labels)
+        tokens = generate(gpt, cond, latent ** 2, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
                           temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
         images = vq.decode_code(tokens, [len(labels), spec.codebook_embed_dim, latent, latent])   # (b, 3, H, W)
         if spec.image_size_eval != spec.image_size:

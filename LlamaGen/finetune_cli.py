@@ -36,6 +36,8 @@ from LlamaGen.codes import CodeDataset, code_prefix, load_npy
 from LlamaGen.family import with_reference
 from LlamaGen.fsdp import DTYPES
 from LlamaGen.gpt import GPT_SIZES
+from LlamaGen.t2i_adapter import T2IAdapter
+from LlamaGen.t2i_data import add_t2i_flags, check_t2i_args, t2i_dataset
 
 PRECISION = {"none": "fp32", "fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
@@ -110,15 +112,16 @@ def build_parser(fsdp: bool) -> argparse.ArgumentParser:
                           "process's whole batch, so the pairing does not depend on the accumulation steps)")
     m = p.add_argument_group("model and data")
     m.add_argument("--gpt-model", choices=list(GPT_SIZES), default="GPT-B")
-    m.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models")
-    m.add_argument("--code-path", required=True, help="folder with imagenet<size>_codes/ and imagenet<size>_labels/")
+    add_t2i_flags(m)
+    m.add_argument("--code-path", required=True, help="folder with imagenet<size>_codes/ and imagenet<size>_labels/"
+                   " (t2i: <stem>/<line>.npy)")
     m.add_argument("--dataset", default="imagenet_code", help="imagenet_code (the original's only code data set: "
                    "<code-path>/imagenet<size>_codes), or another prefix of the code folders")
     m.add_argument("--image-size", type=int, default=256)
     m.add_argument("--downsample-size", type=int, choices=[8, 16], default=16)
     m.add_argument("--vocab-size", type=int, default=16384, help="codebook size of the tokenizer")
     m.add_argument("--num-classes", type=int, default=1000)
-    m.add_argument("--cls-token-num", type=int, choices=[1], default=1)
+    m.add_argument("--cls-token-num", type=int, default=None, help="condition tokens (default: 1 c2i, 120 t2i)")
     m.add_argument("--dropout-p", type=float, default=0.1,
                    help="residual / FFN dropout with --keep_dropout (0 when --drop-path-rate > 0, as originally)")
     m.add_argument("--token-dropout-p", type=float, default=0.1, help="token dropout with --keep_dropout")
@@ -136,6 +139,7 @@ def check_args(args: argparse.Namespace, world: int, fsdp: bool = False) -> None
         raise UsageError("--ema is only supported by LlamaGen_finetune.py (DDP), not with FSDP")
     check_loss_settings(args.loss_type, args.uncond_ratio)
     require_checkpoint(args.ref_ckpt, "--ref_ckpt")
+    check_t2i_args(args)
     if args.image_size <= 0 or args.image_size % args.downsample_size:
         raise UsageError(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
                          f"{args.downsample_size}")
@@ -203,10 +207,11 @@ def model_kwargs(args: argparse.Namespace, fsdp: bool) -> dict:
     return kwargs
 
 
-def build_policy(args: argparse.Namespace, fsdp: bool) -> torch.nn.Module:
+def build_policy(args: argparse.Namespace, fsdp: bool, caption_dim: int = 2048) -> torch.nn.Module:
     """The GPT of --gpt-model with --ref_ckpt's weights (built on meta, the file memory-mapped)."""
     policy = build_gpt(args.gpt_model, vocab_size=args.vocab_size, image_size=args.image_size,
                        downsample_size=args.downsample_size, num_classes=args.num_classes, device="meta",
+                       gpt_type=args.gpt_type, cls_token_num=args.cls_token_num, caption_dim=caption_dim,
                        **model_kwargs(args, fsdp))
     return load_gpt_weights(policy, args.ref_ckpt, flag="--ref_ckpt")
 
@@ -275,9 +280,13 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
         from LlamaGen.plan import dry_run_finetune
         return dry_run_finetune(args, fsdp)
     check_args(args, int(os.environ.get("WORLD_SIZE", "1")), fsdp)
-    dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, code_prefix(args.dataset))
-    check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
-    policy = build_policy(args, fsdp)                   # a bad checkpoint fails before any output
+    if args.gpt_type == "t2i":
+        dataset = t2i_dataset(args)
+        policy = build_policy(args, fsdp, dataset.caption_dim)   # a bad checkpoint fails before any output
+    else:
+        dataset = CodeDataset(args.code_path, args.image_size, args.downsample_size, code_prefix(args.dataset))
+        check_codes(dataset, args.vocab_size, args.code_path, args.num_classes)
+        policy = build_policy(args, fsdp)
     dist = start_process()
     cdist.set_tf32(not args.no_tf32)
     folder, resume = run_dir(args, dist)
@@ -293,5 +302,6 @@ def main(argv: list[str] | None = None, fsdp: bool = False) -> None:
                  f"{sum(p.numel() for p in policy.parameters()):,}", len(dataset), folder)
     cfg = train_config(args, dist.world_size, folder, resume, fsdp)
     weights = None if args.no_local_save or not fsdp else (lambda step: folder / "checkpoints" / f"{step:07d}.pt")
-    finetune(policy, reference, LlamaGenAdapter(args.num_classes), dataset, cfg, dist,
+    adapter = T2IAdapter(cfg.batch_size) if args.gpt_type == "t2i" else LlamaGenAdapter(args.num_classes)
+    finetune(policy, reference, adapter, dataset, cfg, dist,
              make_export=None if fsdp else exporter(args, folder, log), shard=shard, weights_path=weights)

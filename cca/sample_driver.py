@@ -33,6 +33,7 @@ class SampleRun:
     shuffle_seed: int | None = None                 # npz order: index order, or this seed's permutation
     png: bool = False            # also <out_dir>/<name>/<index>.png
     say: Callable[[str], None] = print              # rank 0's messages
+    extra: dict[str, np.ndarray] = field(default_factory=dict)   # more per-index arrays (N, ...) for the npz
 
 
 def batch_seed(seed: int, first_index: int) -> int:
@@ -78,7 +79,7 @@ def sample_npz(run: SampleRun, dist: cdist.Dist, load: Callable[[], SampleFn]) -
         bar.update(len(indices))
     bar.close()
     cdist.barrier()
-    path = writer.finalize() if dist.is_main else None
+    path = writer.finalize(run.extra) if dist.is_main else None
     cdist.barrier()
     cdist.cleanup()
     return path

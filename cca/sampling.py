@@ -174,8 +174,9 @@ class ShardedNpzWriter:
         for suffix, arr in ((".img.npy", images), (".idx.npy", np.asarray(indices, dtype=np.int64))):
             self._write_atomic(stem.with_name(stem.name + suffix), arr)
 
-    def finalize(self) -> Path:
-        """Assemble the npz (rank 0 only; call after every rank finished). Streams rows; memory stays bounded."""
+    def finalize(self, extra: dict[str, np.ndarray] | None = None) -> Path:
+        """Assemble the npz (rank 0 only; call after every rank finished). Streams rows; memory stays bounded.
+        ``extra``: more per-sample arrays (N, ...) in index order, stored under their names in the npz's order."""
         idx_files = sorted(self.parts.glob("*.idx.npy"))
         chunks = [(np.load(p), np.load(str(p).replace(".idx.npy", ".img.npy"), mmap_mode="r")) for p in idx_files]
         where = np.full(self.num_samples, -1, dtype=np.int64)
@@ -201,6 +202,9 @@ class ShardedNpzWriter:
                     f.write(np.ascontiguousarray(chunks[where[i]][1][pos_in_chunk[int(i)]]).tobytes())
             with zf.open("arr_1.npy", "w") as f:
                 np.save(f, self.labels[order])
+            for key, values in (extra or {}).items():
+                with zf.open(f"{key}.npy", "w") as f:
+                    np.save(f, np.asarray(values)[order])
             if self.settings != "{}":
                 with zf.open("settings.npy", "w") as f:
                     np.save(f, np.array(self.settings))

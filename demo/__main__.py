@@ -77,12 +77,17 @@ def parse_point(text: str) -> tuple[str, dict]:
     return fam, settings
 
 
+def add_data_and_out_flags(p: argparse.ArgumentParser, out: str) -> None:
+    """--data and --out of the miniatures (python3 -m demo, python3 -m demo_t2i)."""
+    p.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: $FASHION_MNIST_DIR, else "
+                                               "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--out", default=out, help="output folder (stage cache in OUT/cache)")
+
+
 @exits_on_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m demo", description=__doc__, allow_abbrev=False)
-    p.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: $FASHION_MNIST_DIR, else "
-                                               "/usr/share/datasets/fashion-mnist)")
-    p.add_argument("--out", default="demo_output", help="output folder (stage cache in OUT/cache)")
+    add_data_and_out_flags(p, "demo_output")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline, not the claim (< 3 min)")
     p.add_argument("--families", default="llamagen,var", help="comma-separated subset of llamagen,var")
     p.add_argument("--threads", type=int, default=0,

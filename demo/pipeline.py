@@ -258,16 +258,24 @@ class FamilyRun:
                 "cca": dataclasses.asdict(cca_cfg), "train": notes}
 
 
-def run_demo(cfg: DemoConfig, data_dir: Path, out_dir: Path, families: list[str], *, progress: bool = True,
-             points: list[tuple[str, dict]] = (), seeds: int = 1, curves: bool = False) -> dict:
-    """Every stage of the named families; writes metrics.json and the report; returns the metrics."""
-    t0 = time.perf_counter()
+def shared_stages(cfg: DemoConfig, data_dir: Path, out_dir: Path, progress: bool
+                  ) -> tuple[StageCache, Split, Split, dict, dict, Scorer]:
+    """What every demo run starts with: (stage cache under <out>/cache, train and test splits, classifiers, their
+    description, the scorer)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out_dir / "cache")
     train, test = load_data(cfg, data_dir, cache)
     nets, net_info, net_keys = train_classifiers(cfg, train, test, cache, progress)
     scorer = Scorer(nets, test.uint8_rgb(), key_of(net_keys, cfg.bootstrap_replicates, cfg.seed),
                     cfg.bootstrap_replicates, cfg.seed)
+    return cache, train, test, nets, net_info, scorer
+
+
+def run_demo(cfg: DemoConfig, data_dir: Path, out_dir: Path, families: list[str], *, progress: bool = True,
+             points: list[tuple[str, dict]] = (), seeds: int = 1, curves: bool = False) -> dict:
+    """Every stage of the named families; writes metrics.json and the report; returns the metrics."""
+    t0 = time.perf_counter()
+    cache, train, test, nets, net_info, scorer = shared_stages(cfg, data_dir, out_dir, progress)
     run_seeds = [cfg.seed + k for k in range(seeds)]
     metrics = {"machine": machine_description(), "feature_networks": net_info,
                "bootstrap": {"replicates": cfg.bootstrap_replicates, "level": 0.95, "of": "the samples"},

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-import transformers
 from fixture_utils import REPO
 
+from demo_t2i.text_encoder import build_t5
 from LlamaGen import extract_t5_features as xt5
 from LlamaGen.caption_text import preprocess
 from LlamaGen.captions import left_pad
@@ -28,19 +28,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A T5 folder (word-level tokenizer that appends </s>, 1-layer encoder) and a listing of 4 captions."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     root = tmp_path_factory.mktemp("t5")
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    folder = root / "models" / "flan-t5-xl"
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                         unk_token="<unk>").save_pretrained(folder)
-    torch.manual_seed(0)
-    config = transformers.T5Config(vocab_size=len(vocab), d_model=WIDTH, d_kv=4, num_heads=2, num_layers=1, d_ff=32,
-                                   feed_forward_proj="gated-gelu")
-    transformers.T5EncoderModel(config).save_pretrained(folder)
+    folder = build_t5(root / "models" / "flan-t5-xl", WORDS, WIDTH)
     (root / "listing").mkdir()
     for stem, records in RECORDS.items():
         (root / "listing" / f"{stem}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in records))

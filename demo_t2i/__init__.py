@@ -1,0 +1,1 @@
+"""Text-to-image CCA in miniature (``make demo-t2i``): see demo_t2i/README.md."""
