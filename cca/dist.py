@@ -117,5 +117,6 @@ def set_tf32(enabled: bool) -> None:
 def cleanup() -> None:
     global _STATE
     if _active():
+        tdist.barrier()             # no rank tears the group down while another still talks to it (gloo aborts)
         tdist.destroy_process_group()
     _STATE = None

@@ -237,6 +237,7 @@ class Trainer:
                      self.dist)
             if self.weights_path is not None:
                 dcp.export_weights(self.policy, self.weights_path(self.step), self.dist)
+            cdist.barrier()         # rank 0 may still be writing the weights: ranks leave the save together
             return
         model_sd, optim_sd = train_state.model_state(self.policy), self.optimizer.state_dict()
         rng = train_state.all_ranks(mine, self.dist.world_size)
