@@ -13,12 +13,12 @@ import torch.nn.functional as F
 LOSS_TYPES = ("CCA", "DPO", "unlearning")
 
 # elements of one fp32 working chunk (B * chunk_len * V); 1M floats = 4 MiB, small next to any real logits tensor
-_CHUNK_ELEMS = 1 << 20
+CHUNK_ELEMS = 1 << 20
 
 
 def _chunk_len(logits: torch.Tensor) -> int:
     B, L, V = logits.shape
-    return max(1, min(L, _CHUNK_ELEMS // max(1, B * V)))
+    return max(1, min(L, CHUNK_ELEMS // max(1, B * V)))
 
 
 class _SequenceLogProb(torch.autograd.Function):

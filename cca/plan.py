@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from cca.errors import UsageError
-from cca.loss import _CHUNK_ELEMS
+from cca.loss import CHUNK_ELEMS
 
 GiB = 2 ** 30
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -173,8 +173,8 @@ def _gathered_bytes(s: Finetune, with_grads: bool) -> int:
 
 
 def _logprob_chunks(rows: int, n: Net) -> int:
-    """sequence_logprob's forward works on chunks of at most _CHUNK_ELEMS logits: logsumexp's two fp32 temporaries."""
-    return 2 * FP32 * min(rows * n.tokens * n.vocab, _CHUNK_ELEMS)
+    """sequence_logprob's forward works on chunks of at most CHUNK_ELEMS logits: logsumexp's two fp32 temporaries."""
+    return 2 * FP32 * min(rows * n.tokens * n.vocab, CHUNK_ELEMS)
 
 
 def _policy_pass(s: Finetune, rows: int) -> float:

@@ -32,7 +32,7 @@ def test_sequence_logprob_matches_naive_and_grad():
 
 def test_sequence_logprob_chunks_and_half_precision(monkeypatch):
     import cca.loss as L
-    monkeypatch.setattr(L, "_CHUNK_ELEMS", 40)          # forces several chunks along the sequence
+    monkeypatch.setattr(L, "CHUNK_ELEMS", 40)          # forces several chunks along the sequence
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 9, 13, generator=g)
     targets = torch.randint(13, (2, 9), generator=g)
