@@ -34,7 +34,7 @@ from cca.schedule import check_schedule
 from cca.train_config import TrainConfig, check_loss_settings
 from VAR.adapter import VAR_NO_DECAY_KEYS, VARAdapter
 from VAR.build import PATCH_NUMS_256, pn_flag
-from VAR.data import build_train_dataset
+from VAR.data import build_train_dataset, micro_batch
 from VAR.family import VARSpec, finetune_models
 
 
@@ -138,16 +138,12 @@ def check_args(args: argparse.Namespace, world: int) -> int:
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"--local_out_dir: cannot create {out} ({existing} is not a writable folder)")
-    micro = round(args.bs / args.ac / world)
-    if micro < 1:
-        raise UsageError(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty per-process "
-                         f"batch (need --bs >= --ac x processes)")
-    return micro
+    return micro_batch(args.bs, args.ac, world)
 
 
 def steps_per_epoch(args: argparse.Namespace, world: int, num_images: int) -> int:
     """Optimizer steps in one epoch: whole global batches of round(bs / ac / world) x ac x world images."""
-    return num_images // (world * round(args.bs / args.ac / world) * args.ac)
+    return num_images // (world * micro_batch(args.bs, args.ac, world) * args.ac)
 
 
 def train_config(args: argparse.Namespace, world: int, num_images: int, out_dir: str | Path):

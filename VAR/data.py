@@ -15,6 +15,16 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, DatasetFolder
 from cca.errors import UsageError
 
 
+def micro_batch(bs: int, ac: int, world: int) -> int:
+    """Per-process micro-batch of VAR_finetune.py's ``--bs`` global batch over ``--ac`` steps and ``world`` processes
+    (rounded, as the original's arg_util does); UsageError when it is empty."""
+    micro = round(bs / ac / world)
+    if micro < 1:
+        raise UsageError(f"--bs {bs} with --ac {ac} on {world} process(es) leaves an empty per-process batch "
+                         f"(need --bs >= --ac x processes)")
+    return micro
+
+
 def to_plus_minus_one(x: torch.Tensor) -> torch.Tensor:
     return x.mul(2).sub_(1)
 

@@ -16,9 +16,9 @@ import argparse
 import torch
 
 from cca import plan
-from cca.errors import UsageError
 from cca.loss import is_separable
 from VAR.build import build_vae, build_var, parse_patch_nums
+from VAR.data import micro_batch
 from VAR.var import VAR
 from VAR.vqvae import VQVAE
 
@@ -82,9 +82,7 @@ def var_finetune(vae: VQVAE, var: VAR, *, precision: str, world: int, micro: int
 
 def finetune_setup(args: argparse.Namespace, world: int) -> plan.Finetune:
     """The plan of VAR_finetune.py's flags on ``world`` GPUs."""
-    micro = round(args.bs / args.ac / world)          # as VAR_finetune.check_args
-    if micro < 1:
-        raise UsageError(f"--bs {args.bs} with --ac {args.ac} on {world} process(es) leaves an empty batch")
+    micro = micro_batch(args.bs, args.ac, world)
     vae, var = meta_models(args)
     return var_finetune(vae, var, precision="fp32" if args.fp16 == 0 else "amp", world=world, micro=micro,
                         accum=args.ac, joint=args.joint_halves or not is_separable(args.loss_type))

@@ -26,6 +26,8 @@ import torch
 from cca import hub
 from cca.checkpoint import require_checkpoint, write_text_atomic
 from cca.errors import UsageError
+from LlamaGen.family import GUIDANCE_FREE_CFG_SCALE
+from VAR.family import GUIDANCE_FREE_CFG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +46,9 @@ class Family:
         return self.guidance_flag.lstrip("-").replace("-", "_")
 
 
-FAMILIES = {"var": Family("VAR_sample", "--ckpt_path", "--vae_ckpt", "--sample_dir", "--cfg", 0.0),
-            "llamagen": Family("LLamaGen_sample_ddp", "--gpt-ckpt", "--vq-ckpt", "--sample-dir", "--cfg-scale", 1.0)}
+FAMILIES = {"var": Family("VAR_sample", "--ckpt_path", "--vae_ckpt", "--sample_dir", "--cfg", GUIDANCE_FREE_CFG),
+            "llamagen": Family("LLamaGen_sample_ddp", "--gpt-ckpt", "--vq-ckpt", "--sample-dir", "--cfg-scale",
+                               GUIDANCE_FREE_CFG_SCALE)}
 
 
 @dataclass(frozen=True)
