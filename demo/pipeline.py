@@ -77,6 +77,7 @@ class FamilyRun:
         self.x_test, _ = test.tensors()
         self.notes: dict = {}
         self.sample_keys: dict[str, str] = {}
+        self.condition_keys: tuple[str, ...] = ()    # what the conditions depend on beyond the data (a text encoder)
 
     # ---------------------------------------------------------------- models
     def tokenizer(self):
@@ -119,7 +120,7 @@ class FamilyRun:
 
     def base_model(self):
         fc, name = self.fc, f"{self.fc.family}_base"
-        self.base_key = key_of(self.tok_key, fc.ar)
+        self.base_key = key_of(self.tok_key, fc.ar, *self.condition_keys)
         with torch.random.fork_rng():
             torch.manual_seed(self.cfg.seed + 1)
             model = self.fam.build_ar(fc, self.tok)

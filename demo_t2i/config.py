@@ -13,6 +13,8 @@ class TextConfig:
     layers: int = 2
     tokens: int = 12                # caption rows (--cls-token-num): the longest caption is 11 tokens with </s>
     seed: int = 0
+    train_steps: int = 300          # full-batch steps of the encoder on the training phrasings (0: random encoder)
+    unk_prob: float = 0.2           # words replaced by <unk> while it trains
 
 
 def full_config() -> tuple[DemoConfig, TextConfig]:
@@ -32,4 +34,4 @@ def quick_config() -> tuple[DemoConfig, TextConfig]:
     cfg = DemoConfig(train_images=1000, test_images=500, per_class=5, sample_batch=50, timing_batch=20,
                      timing_rounds=1, timing_patience=5.0, bootstrap_replicates=200, families=[t2i],
                      classifiers=[dataclasses.replace(c, epochs=4.0) for c in feature_networks()])
-    return cfg, TextConfig(width=16, layers=1)
+    return cfg, TextConfig(width=16, layers=1, train_steps=30)

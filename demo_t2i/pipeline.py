@@ -20,38 +20,45 @@ from demo.targets import family_targets
 from demo_t2i.captions import CLASS_NAMES, TEST_TEMPLATES, TRAIN_TEMPLATES, phrasings
 from demo_t2i.config import TextConfig
 from demo_t2i.family import encode_bank, t2i_family
-from demo_t2i.text_encoder import build_t5, words_of
+from demo_t2i.text_encoder import build_t5, train_t5, words_of
 
 
 class T2IRun(FamilyRun):
     """The demo's per-family stages with the text-to-image ``Family`` (not one of ``demo.families.FAMILIES``)."""
 
-    def __init__(self, cfg: DemoConfig, fc: FamilyConfig, family: Family, *args):
+    def __init__(self, cfg: DemoConfig, fc: FamilyConfig, family: Family, text_key: str, *args):
         super().__init__(cfg, dataclasses.replace(fc, family="llamagen"), *args)   # its lookup; then ours
         self.fc, self.fam = fc, family
+        self.condition_keys = (text_key,)        # the caption features come from this text encoder
 
 
-def text_encoder(cache: StageCache, text: TextConfig) -> Path:
-    """The tiny T5 folder (built once per text settings and caption set)."""
+def text_encoder(cache: StageCache, text: TextConfig) -> tuple[Path, str]:
+    """The tiny T5 folder (built once per text settings and caption set): the training phrasings' words, and
+    ``text.train_steps`` of learning to tell their classes apart; held-out words stay unknown to it."""
     folder = cache.root / "text_encoder"
-    texts = [t for group in phrasings(TRAIN_TEMPLATES + TEST_TEMPLATES) for t in group]
+    groups = phrasings(TRAIN_TEMPLATES)
+    texts = [t for group in groups for t in group]
+    labels = [c for c, group in enumerate(groups) for _ in group]
 
     def build() -> dict:
         words = words_of(texts)
         build_t5(folder, words, text.width, text.layers, text.seed)
-        return {"words": len(words), "width": text.width, "layers": text.layers}
-    cache.run("text_encoder", key_of(text, texts), build, (folder / "config.json",))
-    return folder
+        fit = train_t5(folder, texts, labels, text.train_steps, unk_prob=text.unk_prob, seed=text.seed) \
+            if text.train_steps > 0 else {}
+        return {"words": len(words), "width": text.width, "layers": text.layers, **fit}
+    key = key_of(text, texts)
+    cache.run("text_encoder", key, build, (folder / "config.json",))
+    return folder, key
 
 
 def run_t2i_demo(cfg: DemoConfig, text: TextConfig, data_dir: Path, out_dir: Path, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     cache, train, test, nets, net_info, scorer = shared_stages(cfg, data_dir, out_dir, progress)
-    t5 = text_encoder(cache, text)
+    t5, text_key = text_encoder(cache, text)
     banks = [encode_bank(t5, templates, text.tokens) for templates in (TRAIN_TEMPLATES, TEST_TEMPLATES)]
     fc = cfg.family("t2i")
-    run = T2IRun(cfg, fc, t2i_family(fc, text.width, text.tokens, *banks, seed=cfg.seed), cache, out_dir, train,
-                 test, scorer, progress)
+    run = T2IRun(cfg, fc, t2i_family(fc, text.width, text.tokens, *banks, seed=cfg.seed), text_key, cache, out_dir,
+                 train, test, scorer, progress)
     variants = run.run([cfg.seed])
     replicates = functools.lru_cache(maxsize=None)(lambda rel: load_replicates(out_dir / rel))
     metrics = {"machine": machine_description(), "feature_networks": net_info,

@@ -1,6 +1,6 @@
 """The text-to-image miniature's pieces: held-out phrasings, a text encoder that knows every caption word, the
 caption bank in LlamaGen's layout, CCA data with one fixed phrasing per image, samplers prompted with held-out
-phrasings only."""
+phrasings only, an encoder trained on the training phrasings that tells classes apart in phrasings it never saw."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ import torch
 from demo.config import ARConfig, CCAConfig, FamilyConfig, TokenizerConfig
 from demo_t2i.captions import CLASS_NAMES, TEST_TEMPLATES, TRAIN_TEMPLATES, phrasings
 from demo_t2i.family import CaptionCodes, encode_bank, t2i_family
-from demo_t2i.text_encoder import build_t5, words_of
+from demo_t2i.text_encoder import UNK_ID, build_t5, train_t5, words_of
 from LlamaGen.extract_t5_features import load_t5
 
 TOKENS, WIDTH = 12, 8
@@ -61,3 +61,30 @@ def test_family_trains_on_training_phrasings_and_samples_held_out_ones(tmp_path,
     assert not torch.equal(cap.emb[0], cap.emb[1])                        # phrasings spread over the batch
     loss = fam.ar_loss(model, torch.randint(0, 32, (4, 16)), torch.tensor(labels))
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def _pooled(folder, texts):
+    tokenizer, encoder = load_t5(folder, torch.float32, torch.device("cpu"))
+    batch = tokenizer(texts, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        h = encoder(**batch).last_hidden_state
+    m = batch["attention_mask"][..., None]
+    return (h * m).sum(1) / m.sum(1), batch["input_ids"]
+
+
+def test_trained_encoder_separates_classes_of_held_out_phrasings(tmp_path):
+    train, test = phrasings(TRAIN_TEMPLATES), phrasings(TEST_TEMPLATES)
+    texts = [t for g in train for t in g]
+    labels = [c for c, g in enumerate(train) for _ in g]
+    folder = build_t5(tmp_path / "t5", words_of(texts), 16)
+    before = _pooled(folder, texts)[0]
+    fit = train_t5(folder, texts, labels, steps=150, lr=1e-2, seed=0)
+    assert fit["accuracy"] == 1.0
+    after, _ = _pooled(folder, texts)
+    assert not torch.allclose(before, after)                      # the folder holds the trained weights
+    centroids = torch.stack([after[torch.tensor(labels) == c].mean(0) for c in range(10)])
+    held, ids = _pooled(folder, [t for g in test for t in g])
+    assert (ids == UNK_ID).any()                                  # held-out template words are unknown to it
+    nearest = torch.cdist(held, centroids).argmin(1)
+    truth = torch.tensor([c for c, g in enumerate(test) for _ in g])
+    assert (nearest == truth).float().mean() > 0.8                # a random encoder: about chance
