@@ -32,7 +32,7 @@ class T2IRun(FamilyRun):
         self.condition_keys = (text_key,)        # the caption features come from this text encoder
 
 
-def text_encoder(cache: StageCache, text: TextConfig) -> tuple[Path, str]:
+def text_encoder(cache: StageCache, text: TextConfig) -> tuple[Path, str, dict]:
     """The tiny T5 folder (built once per text settings and caption set): the training phrasings' words, and
     ``text.train_steps`` of learning to tell their classes apart; held-out words stay unknown to it."""
     folder = cache.root / "text_encoder"
@@ -47,18 +47,18 @@ def text_encoder(cache: StageCache, text: TextConfig) -> tuple[Path, str]:
             if text.train_steps > 0 else {}
         return {"words": len(words), "width": text.width, "layers": text.layers, **fit}
     key = key_of(text, texts)
-    cache.run("text_encoder", key, build, (folder / "config.json",))
-    return folder, key
+    return folder, key, cache.run("text_encoder", key, build, (folder / "config.json",))
 
 
 def run_t2i_demo(cfg: DemoConfig, text: TextConfig, data_dir: Path, out_dir: Path, *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     cache, train, test, nets, net_info, scorer = shared_stages(cfg, data_dir, out_dir, progress)
-    t5, text_key = text_encoder(cache, text)
+    t5, text_key, text_notes = text_encoder(cache, text)
     banks = [encode_bank(t5, templates, text.tokens) for templates in (TRAIN_TEMPLATES, TEST_TEMPLATES)]
     fc = cfg.family("t2i")
     run = T2IRun(cfg, fc, t2i_family(fc, text.width, text.tokens, *banks, seed=cfg.seed), text_key, cache, out_dir,
                  train, test, scorer, progress)
+    run.notes["text_encoder"] = text_notes
     variants = run.run([cfg.seed])
     replicates = functools.lru_cache(maxsize=None)(lambda rel: load_replicates(out_dir / rel))
     metrics = {"machine": machine_description(), "feature_networks": net_info,
@@ -74,6 +74,13 @@ def run_t2i_demo(cfg: DemoConfig, text: TextConfig, data_dir: Path, out_dir: Pat
     return metrics
 
 
+def _encoder_training(text: TextConfig) -> str:
+    if text.train_steps == 0:
+        return "randomly initialised and never trained"
+    return (f"trained {text.train_steps} full-batch steps to name the class of each training phrasing (words "
+            f"dropped to <unk> with probability {text.unk_prob}; the held-out templates' own words are <unk> to it)")
+
+
 def write_report(out_dir: Path, metrics: dict, notes: dict, cfg: DemoConfig, text: TextConfig, cache: StageCache,
                  wall_seconds: float) -> Path:
     """report.md: the demo's header, score tables, timing and targets, then captions, grids and stage times."""
@@ -85,13 +92,13 @@ def write_report(out_dir: Path, metrics: dict, notes: dict, cfg: DemoConfig, tex
     lines += report.targets_section(metrics)
     lines += ["## Captions", "", f"Training templates: {TRAIN_TEMPLATES}; held out (sampling, scoring): "
               f"{TEST_TEMPLATES}; names per class: {CLASS_NAMES}. Text encoder: a T5 encoder of width {text.width}, "
-              f"{text.layers} blocks, randomly initialised here and never trained; captions left-padded to "
-              f"{text.tokens} tokens.", "", "## Samples (one row per class)", ""]
+              f"{text.layers} blocks, built here, "
+              f"{_encoder_training(text)}; captions left-padded to {text.tokens} tokens.", "", "## Samples (one row per class)", ""]
     for name, v in metrics["variants"].items():
         plots.sample_grid(out_dir / v["samples"], out_dir / f"grid_{name}.png")
         lines += [f"**{name}**", "", f"![{name}](grid_{name}.png)", ""]
     lines += ["## Training notes", ""] + [f"- {part}: {json.dumps(notes.get(part, {}))}"
-                                          for part in ("tokenizer", "pretrain", "cca")]
+                                          for part in ("text_encoder", "tokenizer", "pretrain", "cca")]
     lines += ["", "## Stage times (s)", "", "| stage | seconds | |", "|---|---:|---|"]
     lines += [f"| {n} | {s:.1f} | {'cached' if n in cache.skipped else ''} |" for n, s in cache.seconds.items()]
     lines += ["", "## Settings", "", "```json", json.dumps({"demo": dataclasses.asdict(cfg),

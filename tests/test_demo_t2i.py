@@ -88,3 +88,13 @@ def test_trained_encoder_separates_classes_of_held_out_phrasings(tmp_path):
     nearest = torch.cdist(held, centroids).argmin(1)
     truth = torch.tensor([c for c, g in enumerate(test) for _ in g])
     assert (nearest == truth).float().mean() > 0.8                # a random encoder: about chance
+
+
+def test_set_reaches_the_family_the_text_encoder_and_the_demo():
+    from demo_t2i.__main__ import override
+    from demo_t2i.config import full_config
+    cfg, text = full_config()
+    for assignment in ("t2i.cca.lambda_=3", "text.train_steps=0", "text.unk_prob=0.5", "per_class=7"):
+        override(cfg, text, assignment)
+    assert cfg.family("t2i").cca.lambda_ == 3.0 and cfg.per_class == 7
+    assert text.train_steps == 0 and text.unk_prob == 0.5
