@@ -82,9 +82,11 @@ def kv_cache_for(model: "Transformer", batch: int, max_len: int, dtype=None, dev
 
 
 def stacked_gate_up(model: "Transformer") -> list[torch.Tensor]:
-    """Each layer's SwiGLU w1 and w3 weights stacked, (2 hidden, dim): its gate and up projections as one matmul, each
-    output element the same dot product as before. Made per generate call, never stored: the state dict is unchanged."""
-    return [torch.cat([layer.feed_forward.w1.weight, layer.feed_forward.w3.weight]) for layer in model.layers]
+    """Each layer's SwiGLU w1 and w3 weights stacked and transposed, (dim, 2 hidden) contiguous: its gate and up
+    projections as one ``x @ w`` (MKL's non-transposed product is the faster one for a few rows), each output element
+    the same dot product as before. Made per generate call, never stored: the state dict is unchanged."""
+    return [torch.cat([layer.feed_forward.w1.weight, layer.feed_forward.w3.weight]).t().contiguous()
+            for layer in model.layers]
 
 
 class RMSNorm(nn.Module):
@@ -112,7 +114,7 @@ class FeedForward(nn.Module):
         """``gate_up``: w1's and w3's weights stacked (``stacked_gate_up``), one matmul instead of two."""
         if gate_up is None:
             return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))   # (B, S, dim)
-        gate, up = F.linear(x, gate_up).chunk(2, dim=-1)                         # (B, S, hidden) each
+        gate, up = (x @ gate_up).chunk(2, dim=-1)                                # (B, S, hidden) each
         return self.ffn_dropout(self.w2(F.silu(gate) * up))
 
 
