@@ -156,7 +156,7 @@ def generate(model: Transformer, cond: torch.Tensor, max_new_tokens: int, cfg_sc
     seq[:, 0] = token
 
     pos = torch.tensor([T], device=device)
-w3 of each layer stacked for this call: one matmul fewer per layer and step (3-5 % of a CPU decode step);|w3 of each layer stacked for this call: one matmul fewer per layer and step (3-5 % of a CPU decode step);
+    # w1|w3 of each layer stacked for this call: one matmul fewer per layer and step (~4 % of a CPU decode step);
     # not on a GPU, where the graph replays the step and the copy would cost half the layers' weights in memory
     gate_up = stacked_gate_up(model) if cache.k.device.type == "cpu" else None
     graphed = GraphedDecodeStep(model, cache, cache.k.shape[1], T) if use_graph else None
