@@ -81,6 +81,14 @@ def kv_cache_for(model: "Transformer", batch: int, max_len: int, dtype=None, dev
                    device or w.device, zeroed)
 
 
+def stacked_gate_up(model: "Transformer") -> list[torch.Tensor]:
+    """Each layer's SwiGLU w1 and w3 weights stacked and transposed, (dim, 2 hidden) contiguous: its gate and up
+    projections as one ``x @ w`` (MKL's non-transposed product is the faster one for a few rows), each output element
+    the same dot product as before. Made per generate call, never stored: the state dict is unchanged."""
+    return [torch.cat([layer.feed_forward.w1.weight, layer.feed_forward.w3.weight]).t().contiguous()
+            for layer in model.layers]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -102,8 +110,12 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, config.dim, bias=False)
         self.ffn_dropout = nn.Dropout(config.ffn_dropout_p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))   # (B, S, dim)
+    def forward(self, x: torch.Tensor, gate_up: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``gate_up``: w1's and w3's weights stacked (``stacked_gate_up``), one matmul instead of two."""
+        if gate_up is None:
+            return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))   # (B, S, dim)
+        gate, up = (x @ gate_up).chunk(2, dim=-1)                                # (B, S, hidden) each
+        return self.ffn_dropout(self.w2(F.silu(gate) * up))
 
 
 def precompute_freqs_cis_2d(grid_size: int, head_dim: int, base: float = 10000, cls_token_num: int = 1
@@ -147,6 +159,19 @@ def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return rope_complex(x, freqs)
 
 
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None
+                        ) -> torch.Tensor:
+    """q (B, H, 1, D) over k, v (B, Hkv, n, D), mask None or (B, 1, 1, n) bool -> (B, H, 1, D): softmax(q kᵀ / √D) v
+    as two batched matmuls, the H / Hkv query heads of a key head being the rows of one product (no repeated keys).
+    In a CPU decode step (one query, a few dozen keys) this is cheaper than the SDPA kernel (benchmarks/RESULTS.md)."""
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    scores = (q.reshape(B, Hkv, H // Hkv, D) * D ** -0.5) @ k.transpose(-1, -2)   # (B, Hkv, H / Hkv, n)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.float().softmax(dim=-1).type_as(v) @ v).reshape(B, H, 1, D)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelArgs):
         super().__init__()
@@ -167,10 +192,10 @@ class Attention(nn.Module):
         shapes a CUDA graph needs). ``mask`` (B, 1, S, keys) bool, when given, replaces the causal masking."""
         B, S, _ = x.shape
         kv_size = self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
-        q = apply_rotary_emb(q.view(B, S, self.n_head, self.head_dim), freqs).transpose(1, 2)     # (B, H, S, D)
-        k = apply_rotary_emb(k.view(B, S, self.n_kv_head, self.head_dim), freqs).transpose(1, 2)  # (B, Hkv, S, D)
-        v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)                          # (B, Hkv, S, D)
+        qkv = self.wqkv(x)                                                       # (B, S, dim + 2 kv_size)
+        qk = qkv[..., :self.dim + kv_size].view(B, S, self.n_head + self.n_kv_head, self.head_dim)
+        q, k = apply_rotary_emb(qk, freqs).transpose(1, 2).split([self.n_head, self.n_kv_head], dim=1)
+        v = qkv[..., self.dim + kv_size:].view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
         if kv is not None:   # write this step into the static cache, attend over every filled position
             cache, layer = kv
             if kv_len is None:       # positions as a tensor: the step a CUDA graph replays has no Python ints
@@ -179,12 +204,14 @@ class Attention(nn.Module):
                 k, v = cache.write(layer, kv_len - S, k, v)                     # (B, Hkv, kv_len, D)
             if mask is None and (kv_len is None or (S > 1 and S != kv_len)):   # whole cache, or a later chunk
                 mask = torch.arange(k.shape[2], device=x.device)[None, :] <= input_pos[:, None]   # (S, n) bool
-        if self.n_kv_head != self.n_head:
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)        # (B, H, S_k, D)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             is_causal=mask is None and S > 1,
-                                             dropout_p=self.attn_dropout_p if self.training else 0.0)  # (B, H, S, D)
+        if S == 1 and kv_len is not None and not (self.training and self.attn_dropout_p):
+            out = one_query_attention(q, k, v, mask)                             # (B, H, 1, D)
+        else:
+            if self.n_kv_head != self.n_head:
+                k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)    # (B, H, S_k, D)
+                v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and S > 1,
+                                                 dropout_p=self.attn_dropout_p if self.training else 0.0)
         out = out.transpose(1, 2).contiguous().view(B, S, self.dim)
         return self.resid_dropout(self.wo(out))                                  # (B, S, dim)
 
@@ -199,9 +226,9 @@ class TransformerBlock(nn.Module):
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, kv=None, input_pos=None, kv_len=None,
-                mask=None) -> torch.Tensor:
+                mask=None, gate_up=None) -> torch.Tensor:
         h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, kv, input_pos, kv_len, mask))
-        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))          # (B, S, dim)
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h), gate_up))  # (B, S, dim)
 
 
 class LabelEmbedder(nn.Module):
@@ -309,12 +336,13 @@ class Transformer(nn.Module):
         return logits, loss
 
     def forward_cached(self, x: torch.Tensor, input_pos: torch.Tensor, cache: KVCache,
-                       kv_len: Optional[int] = None) -> torch.Tensor:
+                       kv_len: Optional[int] = None, gate_up: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
         """x (B, S, dim) embeddings at positions ``input_pos`` (S,) -> logits (B, S, V); updates ``cache``.
         ``kv_len`` = input_pos[-1] + 1 as a Python int (``input_pos`` then the S consecutive positions before it)
         lets attention read only the filled prefix (eager decoding);
         None attends the whole cache under a mask (static shapes, for CUDA graphs; needs a zeroed cache).
-        A cache with a ``key_mask`` (``KVCache.mask_prefix_keys``) masks caption padding at every step."""
+        A cache with a ``key_mask`` (``KVCache.mask_prefix_keys``) masks caption padding at every step.
+        ``gate_up``: ``stacked_gate_up(self)``, made once per generate call (the same numbers, fewer matmuls)."""
         h = self.tok_dropout(x)
         freqs = self.rope(input_pos, h.device)
         mask = None
@@ -322,7 +350,7 @@ class Transformer(nn.Module):
             keys = cache.max_len if kv_len is None else kv_len
             mask = attention_mask(cache.key_mask[:, :keys], input_pos)          # (B, 1, S, keys)
         for i, layer in enumerate(self.layers):
-            h = layer(h, freqs, (cache, i), input_pos, kv_len, mask)
+            h = layer(h, freqs, (cache, i), input_pos, kv_len, mask, None if gate_up is None else gate_up[i])
         return self._head(h)
 
 
