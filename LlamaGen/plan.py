@@ -32,6 +32,8 @@ from LlamaGen.vq_model import VQ_models
 
 BLOCK = {"fp32": (48, 16), "amp": (34, 8), "half": (28, 8)}    # (x C, x F) per block and position
 HEAD = {"fp32": 12, "amp": 10, "half": 8}                       # x C: final RMSNorm and the output layer's input
+CAPTION_DIM = ModelArgs.caption_dim     # FLAN-T5-XL's 2048: the released T2I GPTs' caption width (llamagen_t2i_*)
+CAPTION_FC1 = "cls_embedding.cap_proj.fc1"   # its input, the features, needs no gradient: autocast keeps no copy
 
 
 def activations(cfg: ModelArgs, precision: str, device: str) -> plan.Activations:
@@ -73,11 +75,10 @@ def gpt_net(model: Transformer) -> plan.Net:
     per_row = plan.linear_weights(model.output) * L + plan.linear_weights(model.cls_embedding) * T
     flops = plan.transformer_flops(plan.linear_weights(model.layers), per_row, P, cfg.dim, cfg.n_layer, pairs)
     net = plan.describe_net(model, model.layers, L, cfg.vocab_size, flops)
-    return replace(net, linear_params=plan.linear_weights(model, skip=lambda name: name == "cls_embedding.cap_proj"
-                                                                                        ".fc1"))
+    return replace(net, linear_params=plan.linear_weights(model, skip=lambda name: name == CAPTION_FC1))
 
 
-def meta_gpt(args: argparse.Namespace, dropout: bool, caption_dim: int = 2048) -> Transformer:
+def meta_gpt(args: argparse.Namespace, dropout: bool, caption_dim: int = CAPTION_DIM) -> Transformer:
     """The GPT of the flags on the meta device, through the builder the CLIs use (t2i: --cls-token-num caption
     tokens of width ``caption_dim``)."""
     vocab = getattr(args, "vocab_size", None) or args.codebook_size
@@ -99,8 +100,8 @@ def gpt_finetune(model: Transformer, *, precision: str, mode: str, world: int, s
                          batch_bytes_per_row=2 * 8 * cfg.block_size + caption)   # fp32 features and bool mask
 
 
-def finetune_setup(args: argparse.Namespace, fsdp: bool, world: int, per_node: int, caption_dim: int = 2048
-                   ) -> plan.Finetune:
+def finetune_setup(args: argparse.Namespace, fsdp: bool, world: int, per_node: int,
+                   caption_dim: int = CAPTION_DIM) -> plan.Finetune:
     """The plan of LlamaGen_finetune(_fsdp).py's flags on ``world`` GPUs, ``per_node`` to a node (t2i: captions
     of width ``caption_dim``)."""
     if args.global_batch_size % (world * args.grad_accum):
@@ -142,7 +143,7 @@ def gpt_sampling(gpt: Transformer, vq: torch.nn.Module, *, half: bool, guided: b
         world=world, num_samples=num_samples)
 
 
-def sampling_setup(args: argparse.Namespace, world: int, num_samples: int, caption_dim: int = 2048,
+def sampling_setup(args: argparse.Namespace, world: int, num_samples: int, caption_dim: int = CAPTION_DIM,
                    encoder_bytes: int = 0) -> plan.Sampling:
     """The plan of a LlamaGen sampler's flags on ``world`` GPUs (LLamaGen_sample_ddp.py, LlamaGen/sample_t2i.py)."""
     with torch.device("meta"):
@@ -162,7 +163,8 @@ def dry_run_finetune(args: argparse.Namespace, fsdp: bool) -> None:
         data, caption_dim = t2i_data_size(args)
     else:
         data, caption_dim = plan.dataset_size(args.code_path, lambda: len(CodeDataset(
-            args.code_path, args.image_size, args.downsample_size, code_prefix(args.dataset))), "--code-path"), 2048
+            args.code_path, args.image_size, args.downsample_size, code_prefix(args.dataset))), "--code-path"), \
+            CAPTION_DIM
     setup = finetune_setup(args, fsdp, world, per_node, caption_dim)
     script = "LlamaGen_finetune_fsdp.py" if fsdp else "LlamaGen_finetune.py"
     compute = {"fp32": "fp32", "amp": f"{args.mixed_precision} autocast over fp32 weights",

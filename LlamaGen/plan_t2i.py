@@ -13,9 +13,8 @@ import torch
 from cca import plan
 from cca.errors import UsageError
 from LlamaGen.extract_t5_features import HUB_REPOS, t5_folder
-from LlamaGen.plan import sampling_setup
+from LlamaGen.plan import CAPTION_DIM, sampling_setup
 
-RELEASED_CAPTION_DIM = 2048     # FLAN-T5-XL's width: the released T2I GPTs' cap_proj.fc1 input (llamagen_t2i_*)
 # the encoder sizes of the hub models --t5-model-type names (their config.json files)
 T5_CONFIGS = {"flan-t5-xl": dict(d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24),
               "t5-v1_1-xl": dict(d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24),
@@ -31,8 +30,8 @@ def t2i_data_size(args: argparse.Namespace) -> tuple[tuple[int, str], int]:
     missing = [f"{flag} {path}" for flag, path in folders if not os.path.isdir(path)]
     if missing:
         return (plan.IMAGENET_TRAIN_IMAGES, f"{', '.join(missing)} not found: assuming ImageNet's "
-                f"{plan.IMAGENET_TRAIN_IMAGES:,} images and {RELEASED_CAPTION_DIM}-d caption features "
-                f"(FLAN-T5-XL)"), RELEASED_CAPTION_DIM
+                f"{plan.IMAGENET_TRAIN_IMAGES:,} images and {CAPTION_DIM}-d caption features "
+                f"(FLAN-T5-XL)"), CAPTION_DIM
     data = open_t2i_data(args)
     return (len(data), f"{len(data):,} training items in --data-path {args.data_path} (of {data.listed:,} listed; "
             f"{data.caption_dim}-d caption features)"), data.caption_dim

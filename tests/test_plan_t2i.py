@@ -13,7 +13,6 @@ from llamagen_tiny import IMAGE, TINY_FLAGS, VOCAB
 from test_plan import saved_bytes
 from torch.utils.flop_counter import FlopCounterMode
 
-from cca import plan
 from cca.loss import sequence_logprob
 from LlamaGen.captions import Caption
 from LlamaGen.checkpoints import build_gpt
