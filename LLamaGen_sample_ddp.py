@@ -78,8 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    check_checkpoints(args)
+    check_settings(args)
+
+
+def check_checkpoints(args: argparse.Namespace) -> None:
     for flag, path in (("--vq-ckpt", args.vq_ckpt), ("--gpt-ckpt/--ckpt_path", args.gpt_ckpt)):
         require_checkpoint(path, flag)
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """One-line errors for the sizes and sampling flags (everything but the files)."""
     if args.image_size <= 0 or args.image_size % args.downsample_size:
         raise UsageError(f"--image-size {args.image_size} must be a positive multiple of --downsample-size "
                          f"{args.downsample_size}")

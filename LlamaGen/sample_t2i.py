@@ -33,6 +33,7 @@ import LLamaGen_sample_ddp as c2i
 from cca import dist as cdist
 from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
+from cca.plan import add_dry_run_args
 from cca.sample_driver import SampleRun, sample_npz
 from LlamaGen.captions import Caption, left_pad
 from LlamaGen.extract_t5_features import HUB_REPOS, load_t5, t5_features, t5_folder
@@ -104,16 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-png", action="store_true", help="also write <index>.png files")
     p.add_argument("--no-tf32", action="store_true", help="full float32 CUDA matmuls")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_dry_run_args(p)
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
+    check_settings(args)
+    c2i.check_checkpoints(args)
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """One-line errors for the flags but the files; fills in --image-size-eval and the builder's class count."""
     args.image_size_eval = args.image_size_eval or args.image_size
     args.num_classes = 1000          # read by the shared model builder; a T2I GPT has no class table
     for flag in ("samples_per_prompt", "t5_feature_max_len", "cls_token_num"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    c2i.check_args(argparse.Namespace(**{**vars(args), "num_fid_samples": 1}))   # checkpoints, sizes, sampling
+    c2i.check_settings(argparse.Namespace(**{**vars(args), "num_fid_samples": 1}))   # sizes, sampling
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -157,6 +165,10 @@ def load(args: argparse.Namespace, prompts: list[str], t5_dir: Path, device: tor
 @exits_on_errors
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        from LlamaGen.plan_t2i import dry_run_sample_t2i
+        check_settings(args)
+        return dry_run_sample_t2i(args)
     check_args(args)
     ids, prompts = read_prompts(args.prompts)
     t5_dir = t5_folder(args.t5_model_path, args.t5_model_type)     # the offline error comes before any model

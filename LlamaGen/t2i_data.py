@@ -114,11 +114,16 @@ def check_t2i_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--cls-token-num must be >= 1, got {args.cls_token_num}")
 
 
-def t2i_dataset(args: argparse.Namespace) -> CaptionCodeDataset:
-    """The fine-tune's T2I data from its flags; bad input raises a one-line UsageError."""
-    data = CaptionCodeDataset(args.data_path, args.code_path, args.t5_feat_path, tokens=args.cls_token_num,
+def open_t2i_data(args: argparse.Namespace) -> CaptionCodeDataset:
+    """The T2I data of the fine-tune's flags, counted, its first record read (codes' length, caption width)."""
+    return CaptionCodeDataset(args.data_path, args.code_path, args.t5_feat_path, tokens=args.cls_token_num,
                               seq_len=(args.image_size // args.downsample_size) ** 2,
                               data_start=args.data_start, data_end=args.data_end)
+
+
+def t2i_dataset(args: argparse.Namespace) -> CaptionCodeDataset:
+    """The fine-tune's T2I data from its flags; bad input raises a one-line UsageError."""
+    data = open_t2i_data(args)
     data.check_vocab(args.vocab_size)
     if len(data) < data.listed:
         print(f"--data-path: {data.listed - len(data)} of {data.listed} listed records have no codes or no T5 "

@@ -42,7 +42,7 @@ class Net:
     block_params: int         # one block: what FSDP gathers at a time
     root_params: int          # parameters outside the blocks (FSDP's root group: embeddings, head)
     largest_param: int        # elements of the largest tensor (CPU AdamW temporaries)
-    tokens: int               # positions of one row in a teacher-forcing pass
+    tokens: int               # positions of one row with logits (targets) in a teacher-forcing pass
     vocab: int
     flops_per_row: float      # forward FLOPs of one row (matmuls and attention)
 
