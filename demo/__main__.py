@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cca.cli import exits_on_errors, start_process
 from cca.errors import UsageError
+from demo.config import CCAConfig, check_cca_fields
 
 
 def parse_value(text: str, like):
@@ -45,7 +46,6 @@ def apply_override(cfg, assignment: str, flag: str = "--set") -> None:
 
 
 def _cca_fields() -> set[str]:
-    from demo.config import CCAConfig
     return {f.name for f in dataclasses.fields(CCAConfig)}
 
 
@@ -56,9 +56,11 @@ def parse_sweep(text: str) -> list[tuple[str, dict]]:
     if not eq or not dot or fam not in ("llamagen", "var") or field not in _cca_fields():
         raise UsageError(f"--sweep {text!r}: expected FAMILY.CCA_FIELD=V1,V2,... (e.g. var.lambda_=10,50,200)")
     try:
-        return [(fam, {field: float(v)}) for v in values.split(",") if v]
+        points = [(fam, {field: float(v)}) for v in values.split(",") if v]
     except ValueError:
         raise UsageError(f"--sweep {text!r}: values must be numbers") from None
+    check_cca_fields(fam, [field], f"--sweep {text!r}")
+    return points
 
 
 def parse_point(text: str) -> tuple[str, dict]:
@@ -74,6 +76,7 @@ def parse_point(text: str) -> tuple[str, dict]:
             settings[field] = float(value)
         except ValueError:
             raise UsageError(f"--point {text!r}: values must be numbers") from None
+    check_cca_fields(fam, settings, f"--point {text!r}")
     return fam, settings
 
 
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--families: expected a comma-separated subset of llamagen,var, got {args.families!r}")
     for assignment in args.set:
         apply_override(cfg, assignment)
+    for fc in cfg.families:
+        check_cca_fields(fc.family, {**fc.cca.train_key(), **fc.cca.sampling_changes()}, "--set")
     points = [pt for s in args.sweep for pt in parse_sweep(s)] + [parse_point(s) for s in args.point]
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")

@@ -10,6 +10,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from cca.errors import UsageError
+
 
 @dataclass
 class TokenizerConfig:
@@ -35,6 +37,16 @@ class ARConfig:
     lr: float = 2e-3
 
 
+BOTH = ("llamagen", "var")
+
+
+def _switch(default, families: tuple[str, ...] = BOTH, sampling: bool = False):
+    """A recipe switch of the fine-tune / sample scripts (docs/differences.md). A training cache key leaves it out
+    while it is at its default, so that the keys of runs made before it existed stay valid, and always when it
+    only changes the sampling (then the fine-tuned model is reused)."""
+    return field(default=default, metadata={"switch": True, "families": families, "sampling": sampling})
+
+
 @dataclass
 class CCAConfig:
     beta: float = 0.1
@@ -43,6 +55,43 @@ class CCAConfig:
     epochs: float = 0.15                           # share of the train split seen once (<= 1 epoch)
     batch_size: int = 64
     uncond_ratio: float = 0.0
+    # the scripts' switches, each defaulting to what the miniature did before it had them (demo/finetune.py)
+    unlearning: bool = _switch(False)              # --loss_type unlearning (else CCA)
+    ref_eval_mode: bool = _switch(True)            # LlamaGen --ref-eval-mode, VAR --ref_dropout 0; 0: train mode
+    ref_bf16: bool = _switch(False, ("llamagen",))   # LlamaGen --ref-dtype bf16
+    grad_accum: int = _switch(1)                   # LlamaGen --gradient-accumulation-steps, VAR --ac
+    grad_accum_mean: bool = _switch(True)          # LlamaGen --grad-accum-mean (0: the original's sum); VAR: 1
+    max_grad_norm: float = _switch(0.0)            # LlamaGen --max-grad-norm, VAR --tclip (0: no clipping)
+    roll_per_micro_batch: bool = _switch(False)    # LlamaGen --roll-per-micro-batch, VAR --roll_per_micro_batch
+    keep_dropout: bool = _switch(False, ("llamagen",))             # LlamaGen --keep_dropout with the flags below
+    dropout_p: float = _switch(0.1, ("llamagen",))                 # --dropout-p
+    token_dropout_p: float = _switch(0.1, ("llamagen",))           # --token-dropout-p
+    drop_path_rate: float = _switch(0.0)           # LlamaGen --drop-path-rate (with keep_dropout); VAR: the
+                                                   # model's rate (--dpr_ratio r gives 0.1 r depth / 24)
+    dropout_with_drop_path: bool = _switch(False, ("llamagen",))   # --dropout-with-drop-path
+    balanced_labels: bool = _switch(True, ("llamagen",), sampling=True)   # LLamaGen_sample_ddp --balanced-labels
+    round_uint8: bool = _switch(True, ("var",), sampling=True)            # VAR_sample.py --round_uint8
+
+    def train_key(self) -> dict:
+        """The settings that make the fine-tuned model (the training stage's cache key)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("switch")
+                or (f.name not in SAMPLING_FIELDS and getattr(self, f.name) != f.default)}
+
+    def sampling_changes(self) -> dict:
+        """The sampling switches that differ from their defaults, e.g. {'round_uint8': False}."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name in SAMPLING_FIELDS and getattr(self, f.name) != f.default}
+
+
+SAMPLING_FIELDS = {f.name for f in dataclasses.fields(CCAConfig) if f.metadata.get("sampling")}
+
+
+def check_cca_fields(family: str, fields, flag: str) -> None:
+    """UsageError naming ``flag`` for a CCA setting that ``family``'s scripts do not have."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(CCAConfig)}
+    for name in fields:
+        if family not in meta[name].get("families", BOTH):
+            raise UsageError(f"{flag}: {name} is a {' / '.join(meta[name]['families'])} setting, not {family}'s")
 
 
 @dataclass

@@ -17,12 +17,12 @@ import torch
 from cca.sampling import to_uint8_nhwc
 from demo import report
 from demo.classifier import accuracy, load_classifier, save_classifier, train_classifier
-from demo.config import DemoConfig, FamilyConfig, key_of
+from demo.config import SAMPLING_FIELDS, DemoConfig, FamilyConfig, key_of
 from demo.cpuload import THREADS, machine_description
 from demo.curves import curve_settings, family_curve
 from demo.data import Split, load_split
 from demo.evaluate import Scorer, load_replicates
-from demo.families import FAMILIES, Family
+from demo.families import FAMILIES, Family, finetune_copies
 from demo.finetune import cca_finetune
 from demo.pretrain import eval_loss, pretrain_ar
 from demo.samplers import TimingPolicy, Variant, sample_to_npz, time_variants
@@ -142,7 +142,7 @@ class FamilyRun:
     def cca_model(self, cca_cfg, tag: str, seed: int):
         """The base model CCA fine-tuned with ``cca_cfg`` and trainer seed ``seed`` (cached as ``<family>_<tag>``)."""
         name = f"{self.fc.family}_{tag}"
-        key = key_of(self.base_key, cca_cfg, seed)
+        key = key_of(self.base_key, cca_cfg.train_key(), seed)
         weights = self.cache.path(name, ".safetensors")
         model = copy.deepcopy(self.base)
 
@@ -150,7 +150,8 @@ class FamilyRun:
             adapter, dataset = self.fam.adapter_and_dataset(self.base, self.train, self.codes_train)
             run_dir = self.cache.root / f"{name}_trainer"
             shutil.rmtree(run_dir, ignore_errors=True)
-            tuned, last = cca_finetune(self.base, adapter, dataset, cca_cfg, run_dir, seed=seed)
+            policy, reference = finetune_copies(self.fam, self.fc, self.tok, self.base, cca_cfg)
+            tuned, last = cca_finetune(policy, reference, adapter, dataset, cca_cfg, run_dir, seed=seed)
             save_module(tuned, weights)
             return {"last_logged": last, "steps": int(round(cca_cfg.epochs * (len(dataset) // cca_cfg.batch_size)))}
         notes = self.cache.run(name, key, train, (weights,))
@@ -246,17 +247,25 @@ class FamilyRun:
 
     def extra_point(self, settings: dict) -> dict:
         """One extra CCA run with ``cca.<field> = value`` for each item of ``settings``, sampled guidance-free
-        with the configuration's seed and scored (not in the variants of metrics.json)."""
+        with the configuration's seed and scored (not in the variants of metrics.json). Settings that only change
+        the sampling reuse the model fine-tuned with the others (the main CCA model when there are none)."""
         cca_cfg = copy.deepcopy(self.fc.cca)
         for field, value in settings.items():
             setattr(cca_cfg, field, type(getattr(cca_cfg, field))(value))
-        tag = "cca_" + "_".join(f"{field.rstrip('_')}{value:g}" for field, value in settings.items())
-        model, key, notes = self.cca_model(cca_cfg, tag, self.cfg.seed)
-        gf = self.fam.guidance_free_cfg
-        v = Variant(f"{self.fc.family}_{tag}", self.fc.family, "cca", False, gf,
-                    *self.fam.sampler(model, self.tok, gf))
-        return {**self.sample_and_score(v, key, self.cfg.seed), "name": v.name, "settings": settings,
+        trained = {k: v for k, v in settings.items() if k not in SAMPLING_FIELDS}
+        model, key, notes = self.cca_model(cca_cfg, _tag(trained), self.cfg.seed)
+        gf, sampling = self.fam.guidance_free_cfg, cca_cfg.sampling_changes()
+        options = {k: v for k, v in sampling.items() if k != "balanced_labels"}     # the sampler's own
+        v = Variant(f"{self.fc.family}_{_tag(settings)}", self.fc.family, "cca", False, gf,
+                    *self.fam.sampler(model, self.tok, gf, **options), balanced_labels=cca_cfg.balanced_labels)
+        sample_key = key_of(key, sampling) if sampling else key
+        return {**self.sample_and_score(v, sample_key, self.cfg.seed), "name": v.name, "settings": settings,
                 "cca": dataclasses.asdict(cca_cfg), "train": notes}
+
+
+def _tag(settings: dict) -> str:
+    """'cca' and each setting's name and value, e.g. cca_lambda2_beta0.05 (the main run's name for none)."""
+    return "_".join(["cca"] + [f"{field.rstrip('_')}{value:g}" for field, value in settings.items()])
 
 
 def shared_stages(cfg: DemoConfig, data_dir: Path, out_dir: Path, progress: bool

@@ -22,20 +22,23 @@ from VAR.vqvae import VQVAE
 
 
 def build_llamagen_gpt(*, vocab_size: int, grid: int, dim: int, n_layer: int, n_head: int, num_classes: int = 10,
-                       label_dropout: float = 0.1, dropout: float = 0.0) -> Transformer:
+                       label_dropout: float = 0.1, dropout_p: float = 0.0, token_dropout_p: float = 0.0,
+                       drop_path_rate: float = 0.0) -> Transformer:
+    """Dropout as ``LlamaGen.checkpoints.build_gpt`` names it (``dropout_p``: residual and FFN); none by default."""
     args = ModelArgs(dim=dim, n_layer=n_layer, n_head=n_head, multiple_of=32, vocab_size=vocab_size,
                      num_classes=num_classes, block_size=grid * grid, class_dropout_prob=label_dropout,
-                     token_dropout_p=dropout, resid_dropout_p=dropout, ffn_dropout_p=dropout)
+                     token_dropout_p=token_dropout_p, resid_dropout_p=dropout_p, ffn_dropout_p=dropout_p,
+                     drop_path_rate=drop_path_rate)
     return Transformer(args)
 
 
 def build_var_model(vae: VQVAE, *, depth: int, embed_dim: int, num_heads: int, num_classes: int = 10,
-                    label_dropout: float = 0.1, seed: int = 0) -> VAR:
+                    label_dropout: float = 0.1, drop_path_rate: float = 0.0, seed: int = 0) -> VAR:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         var = VAR(vae_local=vae, num_classes=num_classes, depth=depth, embed_dim=embed_dim, num_heads=num_heads,
                   cond_drop_rate=label_dropout, attn_l2_norm=True, patch_nums=vae.quantize.v_patch_nums,
-                  drop_path_rate=0.0)
+                  drop_path_rate=drop_path_rate)
         var.init_weights(init_std=-1)
     return var
 

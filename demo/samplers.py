@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cca.sampling import ShardedNpzWriter, balanced_labels, to_uint8_nhwc
+from cca.sampling import ShardedNpzWriter, balanced_labels, random_labels, to_uint8_nhwc
 from demo.cpuload import THREADS, LoadMeter, wait_for_quiet
 from demo.tokenizers import llamagen_decode
 from LlamaGen.generate import generate as llamagen_generate
@@ -38,6 +38,7 @@ class Variant:
     cfg: float         # the family's own convention (LlamaGen: 1 = none; VAR: 0 = none)
     sample: SampleFn
     tokens: Callable[[torch.Tensor, int], object] | None = None   # the AR part alone (for the timing breakdown)
+    balanced_labels: bool = True   # every class equally often; False: uniform draws (the original LlamaGen sampler)
 
 
 def llamagen_sampler(gpt, vq, cfg_scale: float) -> tuple[SampleFn, Callable]:
@@ -54,22 +55,24 @@ def llamagen_sampler(gpt, vq, cfg_scale: float) -> tuple[SampleFn, Callable]:
     return run, tokens
 
 
-def var_sampler(var, cfg: float) -> tuple[SampleFn, Callable]:
-    """(images sampler, tokens-only sampler: up to the final f_hat, before the VQVAE decoder) with VAR's cfg."""
+def var_sampler(var, cfg: float, round_uint8: bool = True) -> tuple[SampleFn, Callable]:
+    """(images sampler, tokens-only sampler: up to the final f_hat, before the VQVAE decoder) with VAR's cfg;
+    pixels rounded to the nearest level, or cut as the original VAR_sample.py does (``round_uint8`` False)."""
     def tokens(labels: torch.Tensor, seed: int) -> torch.Tensor:
         return var_generate(var, len(labels), labels, g_seed=seed, cfg=cfg, top_k=0, top_p=0.0)
 
     def run(labels: torch.Tensor, seed: int) -> np.ndarray:
         images = var.autoregressive_infer_cfg(len(labels), label_B=labels, g_seed=seed, cfg=cfg, top_k=0,
                                               top_p=0.0)                      # (B, 3, H, W) in [0, 1]
-        return to_uint8_nhwc(images, value_range=(0.0, 1.0))
+        return to_uint8_nhwc(images, value_range=(0.0, 1.0), rounding="nearest" if round_uint8 else "truncate")
     return run, tokens
 
 
 def sample_to_npz(variant: Variant, out_dir: Path, *, per_class: int, num_classes: int = 10, batch_size: int = 500,
                   seed: int = 0, progress: bool = True) -> dict:
     """Writes ``out_dir/samples_<name>.npz``; returns {'path', 'seconds', 'count'} (resumes a killed run)."""
-    labels = balanced_labels(per_class * num_classes, num_classes, seed=seed)
+    draw = balanced_labels if variant.balanced_labels else random_labels     # as LLamaGen_sample_ddp.py chooses
+    labels = draw(per_class * num_classes, num_classes, seed=seed)
     writer = ShardedNpzWriter(out_dir, f"samples_{variant.name}", labels, batch_size=batch_size, shuffle_seed=seed)
     seconds = 0.0
     bar = tqdm(total=writer.num_pending(), desc=f"sample {variant.name}", disable=not progress, unit="img",

@@ -148,10 +148,13 @@ def test_seeds_and_extra_points_reuse_the_run(quick_run, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     proc = run_demo("--quick", "--data", str(DATA), "--out", str(copy), "--threads", "1", "--no-progress",
-                    "--families", "var", "--seeds", "2", "--point", "var.lambda_=2,beta=0.2", timeout=150)
+                    "--families", "var", "--seeds", "2", "--point", "var.lambda_=2,beta=0.2",
+                    "--point", "var.round_uint8=0", timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "var_base: cached" in proc.stdout and "var_cca: cached" in proc.stdout     # seed 0 is the first run
     assert "var_cca_seed1: running" in proc.stdout and "var_cca_lambda2_beta0.2: running" in proc.stdout
+    # a sampling switch samples the main CCA model again (its training stage is the cached main run)
+    assert "samples_var_cca_round_uint80: running" in proc.stdout and "[demo] var_cca_round" not in proc.stdout
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["seeds"] == [0, 1]
     seeded = {n: v for n, v in metrics["variants"].items() if v["seed"] == 1}
@@ -213,6 +216,7 @@ def test_curves_reuse_the_run_and_draw_every_point(quick_run, tmp_path):
     (["--families", "llamagen,dit"], "--families"),
     (["--sweep", "var.lambda_=ten"], "--sweep"),
     (["--point", "llamagen.lambda_=2,gamma=1"], "--point"),
+    (["--point", "var.keep_dropout=1"], "--point"),                    # a LlamaGen switch
     (["--seeds", "0"], "--seeds"),
 ])
 def test_bad_input_fails_fast_with_one_line(tmp_path, args, names):
