@@ -43,11 +43,9 @@ def build_t5(folder: Path, words: list[str], width: int = 16, layers: int = 1, s
     return Path(folder)
 
 
-def _token_ids(folder: Path, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_ids(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Captions tokenised as the T5 path tokenises them: ids (N, S) right-padded, mask (N, S) bool."""
-    from LlamaGen.extract_t5_features import load_t5
     from LlamaGen.caption_text import preprocess
-    tokenizer, _ = load_t5(folder, torch.float32, torch.device("cpu"))
     batch = tokenizer([preprocess(c) for c in captions], padding="longest", add_special_tokens=True,
                       return_tensors="pt")
     return batch["input_ids"], batch["attention_mask"].bool()
@@ -63,10 +61,11 @@ def train_t5(folder: Path, captions: list[str], labels: list[int], steps: int, *
              unk_prob: float = 0.2, seed: int = 0) -> dict:
     """Trains the encoder in ``folder`` to tell the classes of ``captions`` apart (cross-entropy of a linear head
     on its mean features), full batch, AdamW; saves it back. Returns the last loss and the accuracy afterwards."""
-    import transformers
-    ids, mask = _token_ids(folder, captions)                                  # (N, S), (N, S)
+    from LlamaGen.extract_t5_features import load_t5
+    tokenizer, encoder = load_t5(folder, torch.float32, torch.device("cpu"))
+    encoder.train()
+    ids, mask = _token_ids(tokenizer, captions)                               # (N, S), (N, S)
     y = torch.tensor(labels)
-    encoder = transformers.T5EncoderModel.from_pretrained(str(folder)).train()
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
